@@ -1,0 +1,65 @@
+"""Where upload bytes and upload state live. Knows nothing of HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import (
+    Backend,
+    CompletionQueue,
+    DataStore,
+    Fenced,
+    InvalidTransition,
+    Lease,
+    Locker,
+    LockTimeout,
+    OffsetMismatch,
+    Processor,
+    StateStore,
+    StorageError,
+    UploadGone,
+    UploadInfo,
+    UploadNotFound,
+    UploadState,
+)
+from .file_data import FileDataStore
+from .file_state import FileStateStore
+from .ids import is_valid_upload_id, new_upload_id
+from .memory_locker import MemoryLocker
+from .outbox_queue import OutboxQueue
+
+__all__ = [
+    "Backend",
+    "CompletionQueue",
+    "DataStore",
+    "Fenced",
+    "FileDataStore",
+    "FileStateStore",
+    "InvalidTransition",
+    "Lease",
+    "LockTimeout",
+    "Locker",
+    "MemoryLocker",
+    "OffsetMismatch",
+    "OutboxQueue",
+    "Processor",
+    "StateStore",
+    "StorageError",
+    "UploadGone",
+    "UploadInfo",
+    "UploadNotFound",
+    "UploadState",
+    "embedded_backend",
+    "is_valid_upload_id",
+    "new_upload_id",
+]
+
+
+def embedded_backend(upload_dir: Path) -> Backend:
+    """The default: files + `.info` JSON + in-process locks and queue. No Redis."""
+    return Backend(
+        data=FileDataStore(upload_dir),
+        state=FileStateStore(upload_dir),
+        locker=MemoryLocker(),
+        queue=OutboxQueue(),
+    )

@@ -1,0 +1,223 @@
+"""The seams between the tus server and where bytes and upload state live.
+
+Exception tree::
+
+    StorageError
+    ├── UploadNotFound        no record for this id
+    ├── UploadGone            terminated or expired (a tombstone remains)
+    ├── OffsetMismatch        commit's expected offset is not the stored one
+    ├── Fenced                a newer lock holder has committed (stale epoch)
+    ├── InvalidTransition     state change not allowed from the current state
+    └── LockTimeout           the upload stayed locked for the whole wait
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
+
+import anyio
+
+
+class UploadState(enum.StrEnum):
+    UPLOADING = "uploading"
+    COMPLETED = "completed"  # all bytes stored, processing queued
+    PROCESSING = "processing"
+    PROCESSED = "processed"
+    FAILED = "failed"
+    TERMINATED = "terminated"
+    EXPIRED = "expired"
+
+    @property
+    def gone(self) -> bool:
+        return self in (UploadState.TERMINATED, UploadState.EXPIRED)
+
+    @property
+    def finished(self) -> bool:
+        """All bytes are stored (whatever processing did with them)."""
+        return self in (
+            UploadState.COMPLETED, UploadState.PROCESSING, UploadState.PROCESSED,
+            UploadState.FAILED,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UploadInfo:
+    id: str
+    size: int | None  # None while the length is deferred
+    offset: int = 0  # committed offset: the only one HEAD ever reports
+    # Upload-Metadata as received: key -> base64 text (None for a key without value).
+    metadata: Mapping[str, str | None] = field(default_factory=dict)
+    state: UploadState = UploadState.UPLOADING
+    epoch: int = 0  # highest lock epoch that committed (fencing token)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    expires_at: float | None = None
+    partial: bool = False
+    parts: tuple[str, ...] = ()  # for a final concatenation: the partial ids, in order
+    attempts: int = 0
+    error: str | None = None
+    result: Mapping[str, Any] | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return bool(self.parts)
+
+    @property
+    def complete(self) -> bool:
+        return self.size is not None and self.offset == self.size
+
+    def evolve(self, **changes: Any) -> UploadInfo:
+        return replace(self, **changes)
+
+
+class StorageError(Exception):
+    """Base of every error the storage layer raises."""
+
+
+class UploadNotFound(StorageError):
+    pass
+
+
+class UploadGone(StorageError):
+    def __init__(self, info: UploadInfo) -> None:
+        super().__init__(f"upload {info.id} is {info.state}")
+        self.info = info
+
+
+class OffsetMismatch(StorageError):
+    def __init__(self, current: int) -> None:
+        super().__init__(f"offset is {current}")
+        self.current = current
+
+
+class Fenced(StorageError):
+    pass
+
+
+class InvalidTransition(StorageError):
+    pass
+
+
+class LockTimeout(StorageError):
+    pass
+
+
+class DataStore(Protocol):
+    """Bytes of uploads. Writes land at an offset; nothing is durable before sync()."""
+
+    async def create(self, upload_id: str) -> None: ...
+
+    async def write(self, upload_id: str, offset: int, chunks: Sequence[bytes]) -> int:
+        """Write chunks back to back starting at offset; return the bytes written."""
+        ...
+
+    async def sync(self, upload_id: str) -> None:
+        """Make every byte written so far durable."""
+        ...
+
+    async def truncate(self, upload_id: str, length: int) -> None:
+        """Drop bytes past length (uncommitted tail left by a crash or a bad checksum)."""
+        ...
+
+    async def size(self, upload_id: str) -> int: ...
+
+    def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """Yield bytes [start, end) in bounded chunks."""
+        ...
+
+    async def concat(self, upload_id: str, sources: Sequence[str]) -> int:
+        """Write the sources' bytes back to back into upload_id; return its size."""
+        ...
+
+    async def delete(self, upload_id: str) -> None: ...
+
+
+class StateStore(Protocol):
+    """Upload records. commit() is the only way an offset advances."""
+
+    async def create(self, info: UploadInfo) -> None: ...
+
+    async def get(self, upload_id: str) -> UploadInfo:
+        """Raises UploadNotFound; a gone upload is returned (callers decide)."""
+        ...
+
+    async def commit(
+        self, upload_id: str, *, epoch: int, expected: int, new: int,
+        expires_at: float | None = None,
+    ) -> UploadInfo:
+        """Fenced compare-and-set of the offset.
+
+        When new reaches the size, the same atomic step marks the upload
+        COMPLETED, which is the durable outbox of the completion queue.
+        """
+        ...
+
+    async def declare_length(self, upload_id: str, *, epoch: int, size: int) -> UploadInfo: ...
+
+    async def transition(
+        self, upload_id: str, to: UploadState, *, expect: frozenset[UploadState],
+        **fields: Any,
+    ) -> UploadInfo:
+        """Move to state `to` if the current state is in `expect`, else InvalidTransition."""
+        ...
+
+    async def scan(self, states: frozenset[UploadState] | None = None) -> list[UploadInfo]: ...
+
+    async def expired(self, now: float) -> list[UploadInfo]:
+        """Unfinished uploads whose expires_at has passed."""
+        ...
+
+    async def purge(self, upload_id: str) -> None:
+        """Remove the record entirely (tombstones included)."""
+        ...
+
+
+@dataclass
+class Lease:
+    """Proof of holding an upload's lock; epoch is the fencing token."""
+
+    upload_id: str
+    epoch: int
+    lost: anyio.Event = field(default_factory=anyio.Event)
+
+
+class Locker(Protocol):
+    def hold(
+        self, upload_id: str, *, on_release_requested: Callable[[], None], timeout: float,
+    ) -> AbstractAsyncContextManager[Lease]:
+        """Acquire the upload's lock, first asking a current holder to let go.
+
+        Raises LockTimeout when the lock is still held after `timeout` seconds.
+        """
+        ...
+
+
+@runtime_checkable
+class CompletionQueue(Protocol):
+    """At-least-once delivery of completed uploads to the processor."""
+
+    async def enqueue(self, upload_id: str) -> None: ...
+
+    async def receive(self) -> str: ...
+
+    async def recover(self, state: StateStore) -> int:
+        """Re-queue uploads that completed but were never processed; return how many."""
+        ...
+
+
+class Processor(Protocol):
+    """Finalizes a completed upload. Must be idempotent: it may run twice."""
+
+    async def process(self, info: UploadInfo, data: DataStore) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Backend:
+    data: DataStore
+    state: StateStore
+    locker: Locker
+    queue: CompletionQueue

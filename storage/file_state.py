@@ -1,0 +1,190 @@
+"""Upload records as `<id>.info` JSON files beside the data, replaced atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .base import (
+    Fenced,
+    InvalidTransition,
+    OffsetMismatch,
+    StorageError,
+    UploadInfo,
+    UploadNotFound,
+    UploadState,
+)
+from .ids import is_valid_upload_id
+
+
+def info_to_json(info: UploadInfo) -> dict[str, Any]:
+    return {
+        "id": info.id, "size": info.size, "offset": info.offset,
+        "metadata": dict(info.metadata), "state": info.state.value, "epoch": info.epoch,
+        "created_at": info.created_at, "updated_at": info.updated_at,
+        "expires_at": info.expires_at, "partial": info.partial, "parts": list(info.parts),
+        "attempts": info.attempts, "error": info.error, "result": info.result,
+    }
+
+
+def info_from_json(raw: dict[str, Any]) -> UploadInfo:
+    return UploadInfo(
+        id=raw["id"], size=raw["size"], offset=raw["offset"], metadata=raw["metadata"],
+        state=UploadState(raw["state"]), epoch=raw["epoch"], created_at=raw["created_at"],
+        updated_at=raw["updated_at"], expires_at=raw["expires_at"], partial=raw["partial"],
+        parts=tuple(raw["parts"]), attempts=raw["attempts"], error=raw["error"],
+        result=raw["result"],
+    )
+
+
+class FileStateStore:
+    """The embedded state store: one process owns the directory.
+
+    Read-modify-write cycles are serialised per upload by an in-process lock;
+    every change is written to a temp file, fsynced and renamed over the old one,
+    so a crash leaves either the old or the new record, never a torn one.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "uploads"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._locks: dict[str, anyio.Lock] = {}
+        self._limiter = anyio.CapacityLimiter(4)
+
+    def _path(self, upload_id: str) -> Path:
+        if not is_valid_upload_id(upload_id):
+            raise UploadNotFound(upload_id)
+        return self.dir / f"{upload_id}.info"
+
+    def _lock(self, upload_id: str) -> anyio.Lock:
+        return self._locks.setdefault(upload_id, anyio.Lock())
+
+    async def _read(self, upload_id: str) -> UploadInfo:
+        path = self._path(upload_id)
+
+        def _load() -> UploadInfo:
+            try:
+                return info_from_json(json.loads(path.read_bytes()))
+            except FileNotFoundError:
+                raise UploadNotFound(upload_id) from None
+            except (ValueError, KeyError) as exc:
+                raise StorageError(f"corrupt state file {path}: {exc}") from exc
+
+        return await anyio.to_thread.run_sync(_load, limiter=self._limiter)
+
+    async def _write(self, info: UploadInfo) -> None:
+        path = self._path(info.id)
+        payload = json.dumps(info_to_json(info), separators=(",", ":")).encode()
+        await anyio.to_thread.run_sync(_atomic_write, path, payload, limiter=self._limiter)
+
+    async def create(self, info: UploadInfo) -> None:
+        async with self._lock(info.id):
+            if self._path(info.id).exists():
+                raise StorageError(f"upload {info.id} exists")
+            await self._write(info)
+
+    async def get(self, upload_id: str) -> UploadInfo:
+        return await self._read(upload_id)
+
+    async def commit(
+        self, upload_id: str, *, epoch: int, expected: int, new: int,
+        expires_at: float | None = None,
+    ) -> UploadInfo:
+        async with self._lock(upload_id):
+            info = await self._read(upload_id)
+            if epoch < info.epoch:
+                raise Fenced(f"epoch {epoch} < {info.epoch}")
+            if info.state is not UploadState.UPLOADING:
+                raise InvalidTransition(f"upload is {info.state}")
+            if info.offset != expected:
+                raise OffsetMismatch(info.offset)
+            if info.size is not None and new > info.size:
+                raise StorageError(f"offset {new} past size {info.size}")
+            now = time.time()
+            done = info.size is not None and new == info.size
+            info = info.evolve(
+                offset=new, epoch=epoch, updated_at=now,
+                expires_at=None if done else (expires_at or info.expires_at),
+                state=UploadState.COMPLETED if done else UploadState.UPLOADING,
+            )
+            await self._write(info)
+            return info
+
+    async def declare_length(self, upload_id: str, *, epoch: int, size: int) -> UploadInfo:
+        async with self._lock(upload_id):
+            info = await self._read(upload_id)
+            if epoch < info.epoch:
+                raise Fenced(f"epoch {epoch} < {info.epoch}")
+            if info.size is not None and info.size != size:
+                raise InvalidTransition("length already declared")
+            if size < info.offset:
+                raise InvalidTransition("length below offset")
+            done = info.state is UploadState.UPLOADING and info.offset == size
+            info = info.evolve(
+                size=size, epoch=epoch, updated_at=time.time(),
+                state=UploadState.COMPLETED if done else info.state,
+                expires_at=None if done else info.expires_at,
+            )
+            await self._write(info)
+            return info
+
+    async def transition(
+        self, upload_id: str, to: UploadState, *, expect: frozenset[UploadState],
+        **fields: Any,
+    ) -> UploadInfo:
+        async with self._lock(upload_id):
+            info = await self._read(upload_id)
+            if info.state not in expect:
+                raise InvalidTransition(f"{info.state} -> {to}")
+            info = info.evolve(state=to, updated_at=time.time(), **fields)
+            await self._write(info)
+            return info
+
+    async def scan(self, states: frozenset[UploadState] | None = None) -> list[UploadInfo]:
+        names = await anyio.to_thread.run_sync(os.listdir, self.dir)
+        out: list[UploadInfo] = []
+        for name in names:
+            if not name.endswith(".info"):
+                continue
+            try:
+                info = await self._read(name[: -len(".info")])
+            except StorageError:
+                continue
+            if states is None or info.state in states:
+                out.append(info)
+        return out
+
+    async def expired(self, now: float) -> list[UploadInfo]:
+        return [
+            info for info in await self.scan(frozenset({UploadState.UPLOADING}))
+            if info.expires_at is not None and info.expires_at <= now
+        ]
+
+    async def purge(self, upload_id: str) -> None:
+        path = self._path(upload_id)
+        async with self._lock(upload_id):
+            await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+        self._locks.pop(upload_id, None)
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o640)
+    try:
+        os.write(fd, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    # The rename itself is durable only once the directory is synced.
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

@@ -1,0 +1,105 @@
+"""Memory per upload is bounded: a 1 GiB PATCH must not balloon the server's RSS."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.e2e.test_network_faults import (
+    MiB,
+    Pattern,
+    RawConn,
+    create_upload,
+    download_sha256,
+    head_offset,
+    patch,
+    wait_state,
+)
+
+if TYPE_CHECKING:
+    from tests.conftest import ServerProcess
+
+GiB = 1024 * MiB
+MAX_GROWTH = 64 * MiB
+
+
+class RssSampler:
+    """Samples the server's RSS every 50 ms in a background thread."""
+
+    def __init__(self, server: ServerProcess, interval: float = 0.05) -> None:
+        self.server = server
+        self.interval = interval
+        self.samples: list[int] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.samples.append(self.server.rss_bytes())
+                self._stop.wait(self.interval)
+        except BaseException as e:  # re-raised by stop() in the test thread
+            self.error = e
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        if self.error is not None:
+            raise self.error
+
+    @property
+    def peak(self) -> int:
+        return max(self.samples)
+
+
+@pytest.mark.slow
+def test_one_gib_patch_has_bounded_rss(server: ServerProcess) -> None:
+    # Warm up: the first upload loads lazily imported code paths (and the processor).
+    warm = Pattern(4 * MiB, seed="warm")
+    warm_url = create_upload(server, warm.size)
+    assert patch(warm_url, 0, warm.chunks(), warm.size).status == 204
+    wait_state(server, warm_url, {"processed"})
+
+    data = Pattern(GiB, seed="memory")
+    url = create_upload(server, data.size)
+    time.sleep(0.3)
+    baseline = min(server.rss_bytes() for _ in range(3))
+
+    sha = hashlib.sha256()
+
+    def hashed() -> Iterator[bytes]:
+        for chunk in data.chunks():
+            sha.update(chunk)
+            yield chunk
+
+    with RssSampler(server) as rss:
+        conn = RawConn(url, timeout=60)
+        try:
+            conn.start_patch(0, data.size)
+            sent = conn.send_chunks(hashed())
+            r = conn.read_response(timeout=120)
+        finally:
+            conn.close()
+
+    assert sent == data.size
+    assert r.status == 204, (r.status, r.headers, r.body)
+    assert int(r.headers["upload-offset"]) == data.size
+    assert len(rss.samples) > 10
+    growth = rss.peak - baseline
+    assert growth < MAX_GROWTH, (
+        f"RSS grew by {growth / MiB:.1f} MiB during a 1 GiB PATCH "
+        f"(baseline {baseline / MiB:.1f} MiB, peak {rss.peak / MiB:.1f} MiB)"
+    )
+
+    assert head_offset(url) == data.size
+    assert download_sha256(url) == (sha.hexdigest(), data.size)

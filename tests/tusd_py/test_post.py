@@ -1,0 +1,388 @@
+"""Creation (POST): checklist 1.1 C1/C2/C7, 1.5 K1-K8, 1.6 W1-W4, 1.7 D2, 1.12 M1-M4."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess
+from tests.tusd_py.helpers import (
+    LOCATION_RE,
+    OFFSET_CT,
+    TUS,
+    api_state,
+    assert_error_body,
+    b64,
+    create,
+    files_under,
+    head,
+    now_utc,
+    parse_http_date,
+    upload_id,
+    wait_for,
+)
+
+
+@pytest.fixture(scope="module")
+def max_server(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
+    return server_factory("--max-size", "100")
+
+
+# --- Tus-Resumable -----------------------------------------------------------------------
+
+
+def test_post_without_tus_resumable_is_412(mserver: ServerProcess, client: httpx.Client) -> None:
+    before = files_under(mserver.upload_dir)
+    r = client.post(mserver.url, headers={"Upload-Length": "10"})
+    assert r.status_code == 412
+    assert r.headers["Tus-Version"] == "1.0.0"
+    assert "Location" not in r.headers
+    assert files_under(mserver.upload_dir) == before
+
+
+@pytest.mark.parametrize("version", ["0.2.2", "1.0", "2.0.0", "foo", ""])
+def test_post_with_unsupported_tus_resumable_is_412(
+    mserver: ServerProcess, client: httpx.Client, version: str
+) -> None:
+    before = files_under(mserver.upload_dir)
+    r = client.post(mserver.url, headers={"Tus-Resumable": version, "Upload-Length": "10"})
+    assert r.status_code == 412
+    assert r.headers["Tus-Version"] == "1.0.0"
+    assert "Location" not in r.headers
+    assert files_under(mserver.upload_dir) == before
+
+
+def test_412_has_tus_resumable_and_error_body(mserver: ServerProcess, client: httpx.Client) -> None:
+    r = client.post(mserver.url, headers={"Upload-Length": "10"})
+    assert r.status_code == 412
+    assert r.headers["Tus-Resumable"] == "1.0.0"
+    assert_error_body(r)
+
+
+# --- success ---------------------------------------------------------------------------
+
+
+def test_post_201_location(mserver: ServerProcess, client: httpx.Client) -> None:
+    r = client.post(mserver.url, headers={**TUS, "Upload-Length": "10"})
+    assert r.status_code == 201
+    assert r.headers["Tus-Resumable"] == "1.0.0"
+    m = LOCATION_RE.match(r.headers["Location"])
+    assert m, r.headers["Location"]
+    assert r.headers["Location"].startswith(mserver.url)
+
+
+def test_post_location_uses_host_header(mserver: ServerProcess, client: httpx.Client) -> None:
+    r = client.post(
+        mserver.url, headers={**TUS, "Upload-Length": "10", "Host": "uploads.example:8080"}
+    )
+    assert r.status_code == 201
+    loc = r.headers["Location"]
+    assert loc.startswith("http://uploads.example:8080/files/"), loc
+    upload_id(loc)
+
+
+def test_post_locations_are_unique(mserver: ServerProcess, client: httpx.Client) -> None:
+    locs = {create(client, mserver, 1) for _ in range(5)}
+    assert len(locs) == 5
+
+
+def test_post_new_upload_has_offset_zero(mserver: ServerProcess, client: httpx.Client) -> None:
+    loc = create(client, mserver, 10)
+    r = head(client, loc)
+    assert r.status_code == 200
+    assert r.headers["Upload-Offset"] == "0"
+    assert r.headers["Upload-Length"] == "10"
+
+
+def test_post_upload_expires_imf_fixdate(mserver: ServerProcess, client: httpx.Client) -> None:
+    r = client.post(mserver.url, headers={**TUS, "Upload-Length": "10"})
+    assert r.status_code == 201
+    expires = parse_http_date(r.headers["Upload-Expires"])
+    assert expires > now_utc()
+
+
+def test_post_ignores_non_tus_content_type_without_body(
+    mserver: ServerProcess, client: httpx.Client
+) -> None:
+    for ctype in ("application/json", "text/plain", "application/x-www-form-urlencoded"):
+        r = client.post(
+            mserver.url,
+            headers={**TUS, "Upload-Length": "10", "Content-Type": ctype, "Content-Length": "0"},
+        )
+        assert r.status_code == 201, (ctype, r.status_code, r.text)
+        assert head(client, r.headers["Location"]).headers["Upload-Offset"] == "0"
+
+
+def test_post_zero_length_is_complete_immediately(
+    mserver: ServerProcess, client: httpx.Client
+) -> None:
+    loc = create(client, mserver, 0)
+    r = head(client, loc)
+    assert r.status_code == 200
+    assert r.headers["Upload-Offset"] == "0"
+    assert r.headers["Upload-Length"] == "0"
+    uid = upload_id(loc)
+    state = wait_for(
+        lambda: api_state(client, mserver, uid) in {"completed", "processed"}, timeout=10
+    )
+    assert state, api_state(client, mserver, uid)
+
+
+def test_post_zero_length_get_is_empty(mserver: ServerProcess, client: httpx.Client) -> None:
+    loc = create(client, mserver, 0)
+    r = client.get(loc)
+    assert r.status_code in (200, 204)
+    assert r.content == b""
+
+
+# --- Upload-Length / Upload-Defer-Length validation ---------------------------------------
+
+
+def test_post_neither_length_nor_defer_is_400(mserver: ServerProcess, client: httpx.Client) -> None:
+    r = client.post(mserver.url, headers=TUS)
+    assert r.status_code == 400
+    assert "Location" not in r.headers
+    assert_error_body(r)
+
+
+def test_post_both_length_and_defer_is_400(mserver: ServerProcess, client: httpx.Client) -> None:
+    r = client.post(mserver.url, headers={**TUS, "Upload-Length": "10", "Upload-Defer-Length": "1"})
+    assert r.status_code == 400
+    assert "Location" not in r.headers
+
+
+@pytest.mark.parametrize("value", ["0", "2", "true", "yes", "-1", ""])
+def test_post_invalid_defer_length_is_400(
+    mserver: ServerProcess, client: httpx.Client, value: str
+) -> None:
+    r = client.post(mserver.url, headers={**TUS, "Upload-Defer-Length": value})
+    assert r.status_code == 400
+    assert "Location" not in r.headers
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "abc", "+5", "", " ", "0x10", "1e3", "10 10"])
+def test_post_invalid_upload_length_is_400(
+    mserver: ServerProcess, client: httpx.Client, value: str
+) -> None:
+    r = client.post(mserver.url, headers={**TUS, "Upload-Length": value})
+    assert r.status_code == 400, (value, r.status_code)
+    assert "Location" not in r.headers
+    assert_error_body(r)
+
+
+def test_post_defer_length_201(mserver: ServerProcess, client: httpx.Client) -> None:
+    loc = create(client, mserver, defer=True)
+    r = head(client, loc)
+    assert r.status_code == 200
+    assert r.headers["Upload-Defer-Length"] == "1"
+    assert "Upload-Length" not in r.headers
+    assert r.headers["Upload-Offset"] == "0"
+
+
+def test_post_huge_upload_length_without_limit(
+    mserver: ServerProcess, client: httpx.Client
+) -> None:
+    loc = create(client, mserver, 2**62)
+    assert head(client, loc).headers["Upload-Length"] == str(2**62)
+
+
+# --- max size ----------------------------------------------------------------------------
+
+
+def test_post_at_max_size_is_201(max_server: ServerProcess, client: httpx.Client) -> None:
+    r = client.post(max_server.url, headers={**TUS, "Upload-Length": "100"})
+    assert r.status_code == 201
+
+
+def test_post_over_max_size_is_413(max_server: ServerProcess, client: httpx.Client) -> None:
+    before = files_under(max_server.upload_dir)
+    r = client.post(max_server.url, headers={**TUS, "Upload-Length": "101"})
+    assert r.status_code == 413
+    assert "Location" not in r.headers
+    assert r.headers["Tus-Resumable"] == "1.0.0"
+    assert_error_body(r)
+    assert files_under(max_server.upload_dir) == before
+
+
+def test_post_way_over_max_size_is_413(max_server: ServerProcess, client: httpx.Client) -> None:
+    r = client.post(max_server.url, headers={**TUS, "Upload-Length": str(2**70)})
+    assert r.status_code in (400, 413)
+
+
+# --- creation-with-upload -----------------------------------------------------------------
+
+
+def test_creation_with_upload_partial_body(mserver: ServerProcess, client: httpx.Client) -> None:
+    r = client.post(
+        mserver.url,
+        headers={**TUS, "Upload-Length": "10", "Content-Type": OFFSET_CT},
+        content=b"hello",
+    )
+    assert r.status_code == 201
+    assert r.headers["Upload-Offset"] == "5"
+    loc = r.headers["Location"]
+    assert LOCATION_RE.match(loc)
+    h = head(client, loc)
+    assert h.headers["Upload-Offset"] == "5"
+    assert h.headers["Upload-Length"] == "10"
+
+
+def test_creation_with_upload_complete_body(mserver: ServerProcess, client: httpx.Client) -> None:
+    r = client.post(
+        mserver.url,
+        headers={**TUS, "Upload-Length": "11", "Content-Type": OFFSET_CT},
+        content=b"hello world",
+    )
+    assert r.status_code == 201
+    assert r.headers["Upload-Offset"] == "11"
+    g = client.get(r.headers["Location"])
+    assert g.status_code == 200
+    assert g.content == b"hello world"
+
+
+def test_creation_with_upload_empty_body(mserver: ServerProcess, client: httpx.Client) -> None:
+    r = client.post(
+        mserver.url,
+        headers={**TUS, "Upload-Length": "10", "Content-Type": OFFSET_CT},
+        content=b"",
+    )
+    assert r.status_code == 201
+    assert r.headers.get("Upload-Offset", "0") == "0"
+
+
+def test_creation_with_upload_body_too_big_is_413(
+    mserver: ServerProcess, client: httpx.Client
+) -> None:
+    r = client.post(
+        mserver.url,
+        headers={**TUS, "Upload-Length": "3", "Content-Type": OFFSET_CT},
+        content=b"too long",
+    )
+    assert r.status_code == 413
+
+
+def test_creation_with_upload_deferred(mserver: ServerProcess, client: httpx.Client) -> None:
+    r = client.post(
+        mserver.url,
+        headers={**TUS, "Upload-Defer-Length": "1", "Content-Type": OFFSET_CT},
+        content=b"abc",
+    )
+    assert r.status_code == 201
+    assert r.headers["Upload-Offset"] == "3"
+    h = head(client, r.headers["Location"])
+    assert h.headers["Upload-Offset"] == "3"
+    assert h.headers["Upload-Defer-Length"] == "1"
+
+
+def test_creation_with_upload_chunked_body(mserver: ServerProcess, client: httpx.Client) -> None:
+    def gen() -> object:
+        yield b"abc"
+        yield b"def"
+
+    r = client.post(
+        mserver.url,
+        headers={**TUS, "Upload-Length": "6", "Content-Type": OFFSET_CT},
+        content=gen(),  # type: ignore[arg-type]
+    )
+    assert r.status_code == 201
+    assert r.headers["Upload-Offset"] == "6"
+    assert client.get(r.headers["Location"]).content == b"abcdef"
+
+
+# --- Upload-Metadata -----------------------------------------------------------------------
+
+
+def _meta_roundtrip(client: httpx.Client, srv: ServerProcess, meta: str) -> str | None:
+    loc = create(client, srv, 1, metadata=meta)
+    r = head(client, loc)
+    assert r.status_code == 200
+    return r.headers.get("Upload-Metadata")
+
+
+def _parse_meta(value: str) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for pair in value.split(","):
+        parts = pair.strip().split(" ")
+        out[parts[0]] = parts[1] if len(parts) > 1 else None
+    return out
+
+
+def test_metadata_echoed_byte_exact(mserver: ServerProcess, client: httpx.Client) -> None:
+    meta = f"filename {b64('world_domination_plan.pdf')},is_confidential"
+    assert _meta_roundtrip(client, mserver, meta) == meta
+
+
+def test_metadata_unicode_roundtrip(mserver: ServerProcess, client: httpx.Client) -> None:
+    meta = f"filename {b64('słońce.pdf')},title {b64('日本語 🎉')}"
+    assert _meta_roundtrip(client, mserver, meta) == meta
+
+
+def test_metadata_non_utf8_value_roundtrip(mserver: ServerProcess, client: httpx.Client) -> None:
+    blob = bytes([0xFF, 0xFE, 0x00, 0x80])
+    meta = f"blob {b64(blob)},x {b64(bytes([0xC3]))}"
+    assert _meta_roundtrip(client, mserver, meta) == meta
+
+
+def test_metadata_key_only_stays_key_only(mserver: ServerProcess, client: httpx.Client) -> None:
+    echoed = _meta_roundtrip(client, mserver, "flag")
+    assert echoed == "flag"
+
+
+def test_metadata_single_pair(mserver: ServerProcess, client: httpx.Client) -> None:
+    meta = f"filetype {b64('image/png')}"
+    assert _meta_roundtrip(client, mserver, meta) == meta
+
+
+def test_metadata_ows_around_commas_accepted(mserver: ServerProcess, client: httpx.Client) -> None:
+    meta = f"a {b64('1')} , b {b64('2')},  c"
+    echoed = _meta_roundtrip(client, mserver, meta)
+    assert echoed is not None
+    assert _parse_meta(echoed) == {"a": b64("1"), "b": b64("2"), "c": None}
+
+
+def test_metadata_empty_header_accepted(mserver: ServerProcess, client: httpx.Client) -> None:
+    r = client.post(mserver.url, headers={**TUS, "Upload-Length": "1", "Upload-Metadata": ""})
+    assert r.status_code == 201
+    h = head(client, r.headers["Location"])
+    assert h.status_code == 200
+    assert h.headers.get("Upload-Metadata", "") == ""
+
+
+def test_metadata_absent_means_no_header(mserver: ServerProcess, client: httpx.Client) -> None:
+    loc = create(client, mserver, 1)
+    assert "Upload-Metadata" not in head(client, loc).headers
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        "name !!!!",
+        "name Zm9v!",
+        "name Zm9v Zm9v",
+        f"name {b64('a')},name {b64('b')}",
+        "name,name",
+    ],
+)
+def test_metadata_invalid_is_400(mserver: ServerProcess, client: httpx.Client, meta: str) -> None:
+    before = files_under(mserver.upload_dir)
+    r = client.post(mserver.url, headers={**TUS, "Upload-Length": "1", "Upload-Metadata": meta})
+    assert r.status_code == 400, (meta, r.status_code)
+    assert "Location" not in r.headers
+    assert_error_body(r)
+    assert files_under(mserver.upload_dir) == before
+
+
+def test_metadata_empty_value_with_key(mserver: ServerProcess, client: httpx.Client) -> None:
+    echoed = _meta_roundtrip(client, mserver, f"empty,full {b64('x')}")
+    assert echoed is not None
+    assert _parse_meta(echoed) == {"empty": None, "full": b64("x")}
+
+
+def test_post_response_has_no_upload_offset_without_body(
+    mserver: ServerProcess, client: httpx.Client
+) -> None:
+    r = client.post(mserver.url, headers={**TUS, "Upload-Length": "5"})
+    assert r.status_code == 201
+    assert r.headers.get("Upload-Offset", "0") == "0"

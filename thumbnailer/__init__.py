@@ -1,0 +1,1 @@
+"""Bounded-memory thumbnails and image metadata (see issue: thumbnailer)."""

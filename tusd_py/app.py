@@ -1,0 +1,131 @@
+"""create_app(settings, backend) -> the ASGI app."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from storage import Backend, Processor, embedded_backend
+
+from . import logs
+from .completion import LoggingProcessor, run_worker
+from .context import TusContext
+from .cors import CORSMiddleware, OriginPolicy
+from .errors import TusError
+from .expiry import run_sweeper
+from .handlers.api import upload_list, upload_status
+from .handlers.delete import delete
+from .handlers.get import get
+from .handlers.head import head
+from .handlers.options import options
+from .handlers.patch import patch
+from .handlers.post import post
+from .protocol import TUS_VERSION
+from .settings import Settings
+
+Handler = Callable[[Request], Awaitable[Response]]
+_OVERRIDABLE = {"PATCH", "DELETE", "HEAD", "GET", "OPTIONS"}
+
+
+class MethodOverrideMiddleware:
+    """'X-HTTP-Method-Override: the Server MUST interpret it as the request's method.'
+
+    Honoured on POST only (as tusd does): a GET cannot smuggle a DELETE.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            for name, value in scope["headers"]:
+                if name == b"x-http-method-override":
+                    method = value.decode("latin-1").strip().upper()
+                    if method in _OVERRIDABLE:
+                        scope = {**scope, "method": method}
+                    break
+        await self.app(scope, receive, send)
+
+
+async def _render_tus_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TusError)
+    if exc.status >= 500:
+        logs.event("request.failed", request.path_params.get("upload_id"),
+                   level=logging.ERROR, method=request.method, status=exc.status,
+                   error=exc.message)
+    headers = {"Tus-Resumable": TUS_VERSION, **exc.headers}
+    return PlainTextResponse(exc.body, status_code=exc.status, headers=headers)
+
+
+async def _render_crash(request: Request, exc: Exception) -> Response:
+    logging.getLogger(logs.LOGGER_NAME).error(
+        "request.crashed", exc_info=exc,
+        extra={"fields": {"upload_id": request.path_params.get("upload_id"),
+                          "method": request.method, "path": request.url.path}})
+    return await _render_tus_error(request, TusError.internal(f"{type(exc).__name__}"))
+
+
+def _dispatch(table: dict[str, Handler]) -> Handler:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await table[request.method](request)
+        except TusError:
+            raise
+        except Exception as exc:
+            # Rendered here, inside the CORS middleware, so browsers can read the 500.
+            return await _render_crash(request, exc)
+
+    return endpoint
+
+
+def create_app(
+    settings: Settings, backend: Backend | None = None, processor: Processor | None = None,
+) -> Starlette:
+    backend = backend or embedded_backend(settings.upload_dir)
+    ctx = TusContext(settings, backend)
+    processor = processor or LoggingProcessor()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+            recovered = await backend.queue.recover(backend.state)
+            if recovered:
+                logs.event("completion.recovered", count=recovered)
+            tg.start_soon(run_worker, backend, processor)
+            if settings.expiration > 0:
+                tg.start_soon(run_sweeper, ctx)
+            yield
+            tg.cancel_scope.cancel()
+
+    base = settings.base_path
+    collection = _dispatch({"POST": post, "OPTIONS": options})
+    resource = _dispatch({"HEAD": head, "PATCH": patch, "DELETE": delete, "GET": get,
+                          "OPTIONS": options})
+    routes = [
+        Route(base, collection, methods=["POST", "OPTIONS"]),
+        Route(base.rstrip("/"), collection, methods=["POST", "OPTIONS"]),
+        Route(base + "{upload_id}", resource,
+              methods=["HEAD", "PATCH", "DELETE", "GET", "OPTIONS"]),
+        Route("/api/uploads", upload_list, methods=["GET"]),
+        Route("/api/uploads/{upload_id}", upload_status, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(CORSMiddleware, policy=OriginPolicy(settings.cors_origins)),
+            Middleware(MethodOverrideMiddleware),
+        ],
+        exception_handlers={TusError: _render_tus_error},
+        lifespan=lifespan,
+    )
+    app.state.tus = ctx
+    return app

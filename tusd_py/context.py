@@ -1,0 +1,88 @@
+"""What every handler needs: settings, the storage backend, the extension list."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from storage import Backend, UploadInfo, UploadNotFound, UploadState, is_valid_upload_id
+
+from . import logs
+from .concat import finish_waiting_finals
+from .errors import TusError
+from .protocol import CHECKSUM_ALGORITHMS, TUS_VERSION
+from .proxy import public_origin
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class TusContext:
+    settings: Settings
+    backend: Backend
+
+    @property
+    def extensions(self) -> list[str]:
+        ext = [
+            "creation", "creation-with-upload", "creation-defer-length", "termination",
+            "concatenation", "concatenation-unfinished", "checksum",
+        ]
+        if self.settings.expiration > 0:
+            ext.append("expiration")
+        return ext
+
+    def tus_headers(self) -> dict[str, str]:
+        """Headers OPTIONS advertises (discovery)."""
+        headers = {
+            "Tus-Resumable": TUS_VERSION,
+            "Tus-Version": TUS_VERSION,
+            "Tus-Extension": ",".join(self.extensions),
+            "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
+        }
+        if self.settings.max_size:
+            headers["Tus-Max-Size"] = str(self.settings.max_size)
+        return headers
+
+    def upload_url(self, request: Request, upload_id: str) -> str:
+        origin = public_origin(request, behind_proxy=self.settings.behind_proxy)
+        return f"{origin}{self.settings.base_path}{upload_id}"
+
+    def next_expiry(self) -> float | None:
+        exp = self.settings.expiration
+        return time.time() + exp if exp > 0 else None
+
+    async def load(self, upload_id: str) -> UploadInfo:
+        """The record, or the tus error a client should see for it."""
+        if not is_valid_upload_id(upload_id):
+            raise TusError.not_found()
+        try:
+            info = await self.backend.state.get(upload_id)
+        except UploadNotFound:
+            raise TusError.not_found() from None
+        if info.state.gone:
+            raise TusError.gone(info.state.value)
+        if (info.state is UploadState.UPLOADING and info.expires_at is not None
+                and info.expires_at <= time.time()):
+            raise TusError.gone("expired")
+        return info
+
+    async def completed(self, info: UploadInfo) -> None:
+        """After a commit that completed an upload: queue it, or finish finals waiting on it."""
+        logs.event("upload.completed", info.id, size=info.size, partial=info.partial,
+                   final=info.is_final)
+        if info.partial:
+            await finish_waiting_finals(self, info.id)
+        else:
+            await self.backend.queue.enqueue(info.id)
+
+
+def require_tus_resumable(request: Request) -> None:
+    """'The Server MUST NOT process the request' without a supported Tus-Resumable."""
+    if request.headers.get("tus-resumable") != TUS_VERSION:
+        raise TusError.unsupported_version()
+
+
+def get_context(request: Request) -> TusContext:
+    ctx: TusContext = request.app.state.tus
+    return ctx

@@ -1,0 +1,50 @@
+"""The sweeper: unfinished uploads past Upload-Expires lose their bytes, keep a tombstone."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+
+from storage import InvalidTransition, LockTimeout, StorageError, UploadState
+
+from . import logs
+from .context import TusContext
+
+
+async def sweep_once(ctx: TusContext) -> int:
+    backend = ctx.backend
+    now = time.time()
+    removed = 0
+    for info in await backend.state.expired(now):
+        try:
+            async with backend.locker.hold(info.id, on_release_requested=lambda: None,
+                                           timeout=1.0):
+                await backend.data.delete(info.id)
+                await backend.state.transition(
+                    info.id, UploadState.EXPIRED, expect=frozenset({UploadState.UPLOADING}))
+        except (LockTimeout, InvalidTransition):
+            continue  # busy or finished meanwhile: not expired after all
+        except StorageError as exc:
+            logs.event("upload.expire_failed", info.id, level=logging.ERROR, error=str(exc))
+            continue
+        removed += 1
+        logs.event("upload.expired", info.id, offset=info.offset, size=info.size)
+    # Tombstones answer 410 for a while, then are forgotten.
+    horizon = now - ctx.settings.tombstone_seconds
+    gone = frozenset({UploadState.TERMINATED, UploadState.EXPIRED})
+    for info in await backend.state.scan(gone):
+        if info.updated_at < horizon:
+            await backend.state.purge(info.id)
+    return removed
+
+
+async def run_sweeper(ctx: TusContext) -> None:
+    interval = min(ctx.settings.sweep_interval, max(ctx.settings.expiration / 2, 0.5))
+    while True:
+        await anyio.sleep(interval)
+        try:
+            await sweep_once(ctx)
+        except Exception:
+            logging.getLogger(logs.LOGGER_NAME).exception("sweeper.crashed")

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from storage import LockTimeout
+
+from ..context import get_context, require_tus_resumable
+from ..errors import TusError
+from ..protocol import TUS_VERSION, http_date, render_metadata
+
+
+async def head(request: Request) -> Response:
+    require_tus_resumable(request)
+    ctx = get_context(request)
+    upload_id = request.path_params["upload_id"]
+    info = await ctx.load(upload_id)
+    # Taking the lock makes a stale PATCH save its bytes first, so the offset we
+    # report is the one the client must resume from (tusd does the same).
+    try:
+        async with ctx.backend.locker.hold(upload_id, on_release_requested=lambda: None,
+                                           timeout=ctx.settings.lock_timeout):
+            info = await ctx.load(upload_id)
+    except LockTimeout:
+        raise TusError.locked() from None
+    headers = {"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store"}
+    final_waiting = info.is_final and not info.state.finished
+    # 'The Server SHOULD NOT include the Upload-Offset header unless the concatenation
+    # has been successfully finished.'
+    if not final_waiting:
+        headers["Upload-Offset"] = str(info.offset)
+    if info.size is not None:
+        headers["Upload-Length"] = str(info.size)
+    elif not info.is_final:
+        headers["Upload-Defer-Length"] = "1"
+    if info.metadata:
+        headers["Upload-Metadata"] = render_metadata(info.metadata)
+    if info.partial:
+        headers["Upload-Concat"] = "partial"
+    elif info.is_final:
+        base = ctx.settings.base_path
+        headers["Upload-Concat"] = "final;" + " ".join(f"{base}{p}" for p in info.parts)
+    if info.state.value == "uploading" and info.expires_at is not None:
+        headers["Upload-Expires"] = http_date(info.expires_at)
+    return Response(status_code=200, headers=headers)

@@ -1,0 +1,31 @@
+"""Server settings: one frozen value built by the CLI (flags, then env vars)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 1080
+    base_path: str = "/files/"
+    upload_dir: Path = Path("data")
+    max_size: int = 0  # 0 = unlimited
+    expiration: float = 24 * 3600.0  # unfinished uploads; 0 disables
+    cors_origins: str = "*"  # "*", a comma list, or "re:<regex>"
+    behind_proxy: bool = False
+    network_timeout: float = 60.0
+    log_level: str = "info"
+    log_format: str = "text"
+    lock_timeout: float = 20.0  # how long a request waits for an upload's lock before 423
+    checkpoint_bytes: int = 32 << 20  # fsync + commit at least this often during a PATCH
+    checkpoint_seconds: float = 2.0
+    write_buffer_bytes: int = 4 << 20  # body chunks are coalesced to this before pwritev
+    sweep_interval: float = 60.0
+    tombstone_seconds: float = 7 * 24 * 3600.0  # how long terminated/expired ids answer 410
+
+    def __post_init__(self) -> None:
+        base = "/" + self.base_path.strip("/") + "/"
+        object.__setattr__(self, "base_path", base.replace("//", "/"))
