@@ -39,7 +39,8 @@ class OutboxQueue:
         return upload_id
 
     async def recover(self, state: StateStore) -> int:
-        pending = await state.scan(PENDING)
+        # Partials are building blocks of a final upload, never processed on their own.
+        pending = [i for i in await state.scan(PENDING) if not i.partial]
         for info in sorted(pending, key=lambda i: i.updated_at):
             await self.enqueue(info.id)
         return len(pending)

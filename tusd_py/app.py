@@ -87,6 +87,10 @@ def _dispatch(table: dict[str, Handler]) -> Handler:
     return endpoint
 
 
+async def _healthz(request: Request) -> Response:
+    return PlainTextResponse("ok\n")
+
+
 def create_app(
     settings: Settings, backend: Backend | None = None, processor: Processor | None = None,
 ) -> Starlette:
@@ -115,6 +119,7 @@ def create_app(
         Route(base.rstrip("/"), collection, methods=["POST", "OPTIONS"]),
         Route(base + "{upload_id}", resource,
               methods=["HEAD", "PATCH", "DELETE", "GET", "OPTIONS"]),
+        Route("/healthz", _healthz, methods=["GET"]),
         Route("/api/uploads", upload_list, methods=["GET"]),
         Route("/api/uploads/{upload_id}", upload_status, methods=["GET"]),
     ]

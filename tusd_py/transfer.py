@@ -4,6 +4,10 @@ Bytes are always durable before the offset says so: every checkpoint is
 DataStore.sync() followed by StateStore.commit(). tus-js-client sends a whole
 file in one PATCH by default, so without checkpoints a drop at 9.9 GB of
 10 GB would lose everything.
+
+Receiving and writing overlap: the request task fills a buffer while a writer
+task writes the previous one and takes checkpoints. The channel between them
+holds one buffer, so memory per upload stays under three write buffers.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.requests import ClientDisconnect
 
 from storage import Lease, UploadInfo
@@ -44,12 +49,50 @@ class PumpResult:
 
 
 @dataclass
-class _Progress:
-    info: UploadInfo
-    written: int  # bytes written to the data store (maybe not yet durable)
-    pending: list[bytes] = field(default_factory=list)
-    pending_len: int = 0
+class _Writer:
+    """Writes batches at the upload's offset and commits checkpoints."""
+
+    ctx: TusContext
+    info: UploadInfo  # last committed record
+    epoch: int
+    checkpoints: bool  # False while a checksum still has to be verified
+    written: int = 0
+    started: float = field(default_factory=time.monotonic)
     last_checkpoint: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.start = self.written = self.info.offset
+
+    async def write(self, batch: list[bytes]) -> None:
+        self.written += await self.ctx.backend.data.write(self.info.id, self.written, batch)
+        settings = self.ctx.settings
+        if self.checkpoints and (
+            self.written - self.info.offset >= settings.checkpoint_bytes
+            or time.monotonic() - self.last_checkpoint >= settings.checkpoint_seconds
+        ):
+            await self.checkpoint()
+
+    async def run(self, batches: MemoryObjectReceiveStream[list[bytes]]) -> None:
+        async with batches:
+            async for batch in batches:
+                await self.write(batch)
+
+    async def checkpoint(self) -> None:
+        committed = self.info.offset
+        if self.written == committed:
+            return
+        backend = self.ctx.backend
+        # A commit cancelled half-way could be applied without us knowing it.
+        with anyio.CancelScope(shield=True):
+            await backend.data.sync(self.info.id)
+            self.info = await backend.state.commit(
+                self.info.id, epoch=self.epoch, expected=committed, new=self.written,
+                expires_at=self.ctx.next_expiry(),
+            )
+        self.last_checkpoint = time.monotonic()
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        logs.event("upload.checkpoint", self.info.id, offset=self.written,
+                   mb_per_s=round((self.written - self.start) / elapsed / 1e6, 1))
 
 
 async def pump_body(
@@ -68,88 +111,56 @@ async def pump_body(
     upload; what arrived until then is saved and the lock let go.
     """
     settings = ctx.settings
-    data, state = ctx.backend.data, ctx.backend.state
-    start = info.offset
-    progress = _Progress(info=info, written=start)
     hasher: Hasher | None = new_hasher(checksum[0]) if checksum else None
+    writer = _Writer(ctx, info, lease.epoch, checkpoints=hasher is None)
     outcome = Outcome.DONE
-    started = time.monotonic()
-
-    async def flush() -> None:
-        if progress.pending:
-            n = await data.write(info.id, progress.written, progress.pending)
-            progress.written += n
-            progress.pending = []
-            progress.pending_len = 0
-
-    async def checkpoint() -> None:
-        await flush()
-        committed = progress.info.offset
-        if progress.written == committed:
-            return
-        # A commit cancelled half-way could be applied without us knowing it.
-        with anyio.CancelScope(shield=True):
-            await data.sync(info.id)
-            progress.info = await state.commit(
-                info.id, epoch=lease.epoch, expected=committed, new=progress.written,
-                expires_at=ctx.next_expiry(),
-            )
-        progress.last_checkpoint = time.monotonic()
-        logs.event("upload.checkpoint", info.id, offset=progress.written,
-                   mb_per_s=_rate(progress.written - start, started))
-
+    received = 0
     try:
-        with release:
-            received = 0
-            while True:
+        send, receive = anyio.create_memory_object_stream[list[bytes]](1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run, receive)
+            async with send:
+                pending: list[bytes] = []
+                pending_len = 0
                 try:
-                    with anyio.fail_after(settings.network_timeout):
-                        chunk = await stream.__anext__()
-                except StopAsyncIteration:
-                    break
-                if not chunk:
-                    continue
-                if received + len(chunk) > limit:
-                    chunk = chunk[: limit - received]
-                    outcome = Outcome.TOO_LARGE
-                received += len(chunk)
-                if hasher is not None:
-                    hasher.update(chunk)
-                progress.pending.append(chunk)
-                progress.pending_len += len(chunk)
-                if progress.pending_len >= settings.write_buffer_bytes:
-                    await flush()
-                # With a checksum nothing may be committed before the whole body is verified.
-                if hasher is None and (
-                    progress.written - progress.info.offset >= settings.checkpoint_bytes
-                    or time.monotonic() - progress.last_checkpoint >= settings.checkpoint_seconds
-                ):
-                    await checkpoint()
-                if outcome is Outcome.TOO_LARGE:
-                    break
-        if release.cancelled_caught:
-            outcome = Outcome.RELEASED
-    except ClientDisconnect:
-        outcome = Outcome.DISCONNECTED
-    except TimeoutError:
-        outcome = Outcome.TIMED_OUT
+                    with release:
+                        while True:
+                            with anyio.fail_after(settings.network_timeout):
+                                chunk = await anext(stream, b"")
+                            if not chunk:
+                                break
+                            if received + len(chunk) > limit:
+                                chunk = chunk[: limit - received]
+                                outcome = Outcome.TOO_LARGE
+                            received += len(chunk)
+                            if hasher is not None:
+                                hasher.update(chunk)
+                            pending.append(chunk)
+                            pending_len += len(chunk)
+                            if pending_len >= settings.write_buffer_bytes:
+                                await send.send(pending)
+                                pending, pending_len = [], 0
+                            if outcome is Outcome.TOO_LARGE:
+                                break
+                    if release.cancelled_caught:
+                        outcome = Outcome.RELEASED
+                except ClientDisconnect:
+                    outcome = Outcome.DISCONNECTED
+                except TimeoutError:
+                    outcome = Outcome.TIMED_OUT
+                if pending and (hasher is None or outcome is Outcome.DONE):
+                    await send.send(pending)
     finally:
         # Shielded: the bytes that arrived must be saved even while we are being cancelled.
         with anyio.CancelScope(shield=True), anyio.move_on_after(FINAL_SAVE_SECONDS):
             if hasher is None:
-                await checkpoint()
+                await writer.checkpoint()
             elif outcome is Outcome.DONE and checksum is not None:
                 if hmac.compare_digest(hasher.digest(), checksum[1]):
-                    await checkpoint()
+                    await writer.checkpoint()
                 else:
                     outcome = Outcome.CHECKSUM_MISMATCH
-            if hasher is not None and progress.info.offset == start:
+            if hasher is not None and writer.info.offset == info.offset:
                 # Unverified or mismatching bytes are dropped; the offset never moved.
-                progress.pending = []
-                await data.truncate(info.id, start)
-    return PumpResult(outcome, progress.info, progress.written - start)
-
-
-def _rate(nbytes: int, since: float) -> float:
-    elapsed = max(time.monotonic() - since, 1e-6)
-    return round(nbytes / elapsed / 1e6, 1)
+                await ctx.backend.data.truncate(info.id, info.offset)
+    return PumpResult(outcome, writer.info, writer.written - info.offset)

@@ -96,6 +96,8 @@ def test_one_gib_patch_has_bounded_rss(server: ServerProcess) -> None:
     assert int(r.headers["upload-offset"]) == data.size
     assert len(rss.samples) > 10
     growth = rss.peak - baseline
+    print(f"RSS baseline {baseline / MiB:.1f} MiB, peak {rss.peak / MiB:.1f} MiB, "
+          f"{len(rss.samples)} samples")
     assert growth < MAX_GROWTH, (
         f"RSS grew by {growth / MiB:.1f} MiB during a 1 GiB PATCH "
         f"(baseline {baseline / MiB:.1f} MiB, peak {rss.peak / MiB:.1f} MiB)"

@@ -255,6 +255,7 @@ def resume_and_check(server: ServerProcess, url: str, data: Pattern, offset: int
 
 
 def assert_within_slack(offset: int, sent: int, slack: int = SLACK) -> None:
+    print(f"sent {sent} bytes, server kept {offset} (lost {sent - offset})")
     assert offset <= sent, f"server claims {offset} bytes but only {sent} were sent"
     assert offset >= sent - slack, f"server kept {offset} of {sent} sent bytes (lost too many)"
 
@@ -297,6 +298,7 @@ def test_half_open_patch_is_taken_over_by_head(server: ServerProcess) -> None:
     t0 = time.monotonic()
     offset = head_offset(url, timeout=10)
     elapsed = time.monotonic() - t0
+    print(f"HEAD behind a half-open PATCH answered in {elapsed:.3f}s")
     assert elapsed < 2.0, f"HEAD took {elapsed:.2f}s behind a half-open PATCH"
     assert_within_slack(offset, sent)
 
@@ -375,6 +377,7 @@ def test_concurrent_patches_do_not_interleave(server: ServerProcess) -> None:
             assert "upload-offset" in res.headers, res.headers
 
     offset = head_offset(url)
+    print(f"statuses {statuses}, offset {offset}")
     winner = [n for n, s in statuses.items() if s == 204]
     if winner:
         assert offset == size
@@ -416,6 +419,7 @@ def test_slow_trickle_then_silence(server: ServerProcess) -> None:
         pytest.fail("server never ended a PATCH whose client went silent")
     silent = time.monotonic() - last_send
     conn.close()
+    print(f"server ended the silent PATCH after {silent:.2f}s with {end}")
     assert silent >= NETWORK_TIMEOUT - 1.0, f"server gave up after only {silent:.2f}s"
     assert silent <= NETWORK_TIMEOUT + 3.0, f"server took {silent:.2f}s to give up"
     if end is not None:
@@ -442,6 +446,7 @@ def test_server_kill9_mid_patch_then_resume(
 
     server.start()
     offset = head_offset(url)
+    print(f"after kill -9: sent {sent}, offset {offset} (lost {(sent - offset) / MiB:.1f} MiB)")
     assert 0 < offset <= sent, (offset, sent)
     assert offset >= sent - CHECKPOINT - SLACK, (
         f"after kill -9 only {offset} of {sent} bytes survived (more than a checkpoint lost)"

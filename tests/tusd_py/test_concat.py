@@ -163,7 +163,7 @@ def test_final_unknown_partial(mserver: ServerProcess, client: httpx.Client) -> 
     assert "Location" not in r.headers
 
 
-@pytest.mark.parametrize("value", ["final;", "final; ", "foo", "final", "partial;x", "FINAL;x"])
+@pytest.mark.parametrize("value", ["final;", "final;,", "foo", "final", "partial;x", "FINAL;x"])
 def test_invalid_upload_concat_400(
     mserver: ServerProcess, client: httpx.Client, value: str
 ) -> None:

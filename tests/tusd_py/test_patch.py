@@ -21,6 +21,7 @@ from tests.tusd_py.helpers import (
     offset_of,
     parse_http_date,
     patch,
+    raw_request,
     read_response,
     upload_id,
 )
@@ -139,6 +140,23 @@ def test_patch_invalid_offset_400(mserver: ServerProcess, client: httpx.Client, 
     loc = create(client, mserver, 5)
     r = patch(client, loc, 0, b"abc", headers={"Upload-Offset": value})
     assert r.status_code == 400, (value, r.status_code)
+    assert offset_of(client, loc) == 0
+
+
+@pytest.mark.parametrize("value", ["٠", "０"])
+def test_patch_non_ascii_digit_offset_400(
+    mserver: ServerProcess, client: httpx.Client, value: str
+) -> None:
+    loc = create(client, mserver, 5)
+    wire = value.encode("utf-8").decode("latin-1")
+    raw = raw_request(
+        mserver,
+        "PATCH",
+        "/files/" + upload_id(loc),
+        headers={**TUS, "Content-Type": OFFSET_CT, "Upload-Offset": wire},
+        body=b"abc",
+    )
+    assert raw.status == 400
     assert offset_of(client, loc) == 0
 
 
