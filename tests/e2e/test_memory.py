@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -105,3 +106,6 @@ def test_one_gib_patch_has_bounded_rss(server: ServerProcess) -> None:
 
     assert head_offset(url) == data.size
     assert download_sha256(url) == (sha.hexdigest(), data.size)
+
+    server.stop()  # free the 1 GiB now rather than when pytest prunes old tmp dirs
+    shutil.rmtree(server.upload_dir, ignore_errors=True)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import shutil
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -112,10 +113,10 @@ def upload_id(url: str) -> str:
 
 
 def wait_state(server: ServerProcess, url: str, states: set[str],
-               timeout: float = 10.0) -> dict[str, object]:
+               timeout: float = 10.0) -> dict[str, Any]:
     api = f"{server.origin}/api/uploads/{upload_id(url)}"
     deadline = time.monotonic() + timeout
-    info: dict[str, object] = {}
+    info: dict[str, Any] = {}
     while time.monotonic() < deadline:
         r = httpx.get(api, timeout=10)
         assert r.status_code == 200, (r.status_code, r.text)
@@ -452,3 +453,5 @@ def test_server_kill9_mid_patch_then_resume(
         f"after kill -9 only {offset} of {sent} bytes survived (more than a checkpoint lost)"
     )
     resume_and_check(server, url, data, offset)
+    server.stop()
+    shutil.rmtree(server.upload_dir, ignore_errors=True)

@@ -100,8 +100,17 @@ class NodeRun:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             cwd=JS_DIR,
         )
+        self._stdout = bytearray()
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
+        self._out_reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._out_reader.start()
+
+    def _read_stdout(self) -> None:
+        pipe = self.proc.stdout
+        assert pipe is not None
+        while block := pipe.read1(65536):
+            self._stdout += block
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -134,16 +143,21 @@ class NodeRun:
                 self._cond.wait(min(remaining, 0.2))
 
     def result(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
         try:
-            out, _ = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
             raise AssertionError(
                 f"node upload.mjs did not exit within {timeout}s; last events: "
                 f"{self.events[-5:]} stderr: {self.stderr_lines[-20:]}") from None
-        self._reader.join(5)
+        finally:
+            self._out_reader.join(10)
+            self._reader.join(10)
+            for pipe in (self.proc.stdout, self.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        out = bytes(self._stdout)
         lines = [ln for ln in out.decode(errors="replace").splitlines() if ln.strip()]
         try:
             res: dict[str, Any] = json.loads(lines[-1])
@@ -316,8 +330,12 @@ def test_abort_with_terminate_deletes_upload(server: ServerProcess,
     assert deletes and deletes[-1]["status"] == 204, explain(server, res)
     head = httpx.head(url, headers={"Tus-Resumable": "1.0.0"}, timeout=30)
     assert head.status_code in (404, 410), head
+    get = httpx.get(url, timeout=30)
+    assert get.status_code in (404, 410), get
     api = httpx.get(f"{server.origin}/api/uploads/{upload_id(url)}", timeout=30)
-    assert api.status_code == 404, api.text
+    # The status API may forget a terminated upload or keep it as a tombstone.
+    assert api.status_code == 404 or (
+        api.status_code == 200 and api.json()["state"] == "terminated"), api.text
 
 
 def test_deferred_length_from_stream(server: ServerProcess, tmp_path: Path) -> None:
@@ -542,6 +560,9 @@ def test_large_2gib_single_patch_bounded_server_memory(
             download_peak = sampler.peak
 
         growth = upload_peak - baseline
+        print(f"RSS baseline {baseline / MiB:.1f} MiB, upload peak {upload_peak / MiB:.1f} MiB "
+              f"({upload_samples} samples, {res['elapsedMs']} ms), "
+              f"download peak {download_peak / MiB:.1f} MiB")
         assert upload_samples > 10, upload_samples
         assert growth < 64 * MiB, (
             f"server RSS grew by {growth / MiB:.1f} MiB during a 2 GiB upload "

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 import requests
-import tusclient.request
 from tusclient import client
 from tusclient.storage.filestorage import FileStorage
 
@@ -151,7 +150,8 @@ def test_resume_from_url_storage(
             sent.append(len(kwargs.get("data") or b""))
             return real_patch(*args, **kwargs)
 
-        monkeypatch.setattr(tusclient.request.requests, "patch", counting_patch)
+        # tusclient.request calls requests.patch for every chunk.
+        monkeypatch.setattr(requests, "patch", counting_patch)
 
         # A fresh uploader (as after a client restart) finds the URL by fingerprint.
         second = tus.uploader(file_path=str(path), chunk_size=MiB,

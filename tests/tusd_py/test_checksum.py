@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 import zlib
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -116,7 +117,7 @@ def test_checksum_mismatch_final_chunk_does_not_complete(
 
 
 def test_checksum_chunked_body(mserver: ServerProcess, client: httpx.Client) -> None:
-    def gen():  # type: ignore[no-untyped-def]
+    def gen() -> Iterator[bytes]:
         yield b"abc"
         yield b"def"
 

@@ -275,7 +275,7 @@ def test_final_over_unfinished_partials(mserver: ServerProcess, client: httpx.Cl
 
     def done() -> bool:
         hh = head(client, loc)
-        return hh.headers.get("Upload-Offset") == "6"
+        return bool(hh.headers.get("Upload-Offset") == "6")
 
     assert wait_for(done, timeout=5)
     h = head(client, loc)

@@ -77,6 +77,7 @@ def aged(exp_server: ServerProcess) -> dict[str, str]:
             "finished": create(c, exp_server, 3),
             "zero": create(c, exp_server, 0),
             "deferred": create(c, exp_server, defer=True),
+            "delete": create(c, exp_server, 10),
         }
         assert patch(c, out["partial"], 0, b"abc").status_code == 204
         assert patch(c, out["finished"], 0, b"abc").status_code == 204
@@ -115,6 +116,11 @@ def test_expired_upload_get_gone(aged: dict[str, str], client: httpx.Client) -> 
     r = client.get(aged["partial"])
     assert r.status_code in (404, 410)
     assert b"abc" not in r.content
+
+
+def test_expired_upload_delete_gone(aged: dict[str, str], client: httpx.Client) -> None:
+    r = client.delete(aged["delete"], headers=TUS)
+    assert r.status_code in (404, 410)
 
 
 def test_finished_upload_does_not_expire(aged: dict[str, str], client: httpx.Client) -> None:

@@ -81,3 +81,9 @@ def test_override_on_collection_creates_nothing_odd(
     r = override(client, mserver.url, "POST", {"Upload-Length": "3"})
     assert r.status_code == 201
     assert "Location" in r.headers
+
+
+def test_get_with_override_is_not_a_delete(mserver: ServerProcess, client: httpx.Client) -> None:
+    loc = create(client, mserver, 6)
+    client.get(loc, headers={**TUS, "X-HTTP-Method-Override": "DELETE"})
+    assert head(client, loc).status_code == 200

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import httpx
 
 from tests.conftest import ServerProcess
-from tests.tusd_py.helpers import ALL_EXTENSIONS, csv_set
+from tests.tusd_py.helpers import ALL_EXTENSIONS, TUS, assert_error_body, csv_set, patch
 
 
 def test_options_204_with_tus_version(mserver: ServerProcess, client: httpx.Client) -> None:
@@ -92,3 +92,42 @@ def test_options_without_expiration(
     srv = server_factory("--expiration", "0")
     r = client.options(srv.url)
     assert csv_set(r.headers.get("Tus-Extension")) == ALL_EXTENSIONS - {"expiration"}
+
+
+# --- cross-cutting: Tus-Resumable and error bodies on every kind of response ------------------
+
+
+def _responses(srv: ServerProcess, c: httpx.Client) -> dict[str, httpx.Response]:
+    """One response of each status the protocol produces, keyed by a label."""
+    out: dict[str, httpx.Response] = {}
+    out["201"] = c.post(srv.url, headers={**TUS, "Upload-Length": "3"})
+    loc = out["201"].headers["Location"]
+    out["200 HEAD"] = c.head(loc, headers=TUS)
+    out["409"] = patch(c, loc, 1, b"x")
+    out["415"] = patch(c, loc, 0, b"x", headers={"Content-Type": "text/plain"})
+    out["400"] = c.post(srv.url, headers=TUS)
+    out["412"] = c.post(srv.url, headers={"Upload-Length": "3"})
+    out["404"] = patch(c, srv.url + "0" * 32, 0, b"x")
+    out["460"] = patch(
+        c, loc, 0, b"abc", headers={"Upload-Checksum": "sha1 AAAAAAAAAAAAAAAAAAAAAAAAAAA="}
+    )
+    out["413"] = patch(c, loc, 0, b"abcd")
+    out["204 PATCH"] = patch(c, loc, 0, b"abc")
+    part = c.post(srv.url, headers={**TUS, "Upload-Length": "1", "Upload-Concat": "partial"})
+    fin = c.post(srv.url, headers={**TUS, "Upload-Concat": "final;" + part.headers["Location"]})
+    out["403"] = patch(c, fin.headers["Location"], 0, b"x")
+    out["204 DELETE"] = c.delete(loc, headers=TUS)
+    out["410"] = c.head(loc, headers=TUS)
+    return out
+
+
+def test_tus_resumable_on_every_response(mserver: ServerProcess, client: httpx.Client) -> None:
+    for label, r in _responses(mserver, client).items():
+        assert r.status_code == int(label.split()[0]), (label, r.status_code, r.text)
+        assert r.headers.get("Tus-Resumable") == "1.0.0", label
+
+
+def test_error_bodies_are_one_line_plain_text(mserver: ServerProcess, client: httpx.Client) -> None:
+    for r in _responses(mserver, client).values():
+        if r.status_code >= 400 and r.request.method != "HEAD":
+            assert_error_body(r)

@@ -24,6 +24,7 @@ from tests.tusd_py.helpers import (
     raw_request,
     read_response,
     upload_id,
+    wait_for,
 )
 
 
@@ -143,7 +144,7 @@ def test_patch_invalid_offset_400(mserver: ServerProcess, client: httpx.Client, 
     assert offset_of(client, loc) == 0
 
 
-@pytest.mark.parametrize("value", ["٠", "０"])
+@pytest.mark.parametrize("value", ["\u0660", "\uff10"])
 def test_patch_non_ascii_digit_offset_400(
     mserver: ServerProcess, client: httpx.Client, value: str
 ) -> None:
@@ -417,3 +418,115 @@ def test_fixed_body_with_max_size(max_server: ServerProcess, client: httpx.Clien
     r = patch(client, loc, 0, b"x" * 100)
     assert r.status_code == 204
     assert r.headers["Upload-Offset"] == "100"
+
+
+# --- Expect: 100-continue and interrupted bodies ----------------------------------------------
+
+
+def _patch_head(srv: ServerProcess, uid: str, offset: int, length: int, extra: str = "") -> bytes:
+    return (
+        f"PATCH /files/{uid} HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
+        f"Tus-Resumable: 1.0.0\r\nContent-Type: {OFFSET_CT}\r\nUpload-Offset: {offset}\r\n"
+        f"Content-Length: {length}\r\n{extra}\r\n"
+    ).encode()
+
+
+def test_patch_expect_continue_conflict_answers_without_100(
+    mserver: ServerProcess, client: httpx.Client
+) -> None:
+    loc = create(client, mserver, 1_000_000)
+    uid = upload_id(loc)
+    with socket.create_connection(("127.0.0.1", mserver.port), timeout=2.0) as sock:
+        sock.sendall(_patch_head(mserver, uid, 5, 1_000_000, "Expect: 100-continue\r\n"))
+        resp = read_response(sock)
+    assert resp.status == 409
+    assert resp.headers["upload-offset"] == "0"
+
+
+def test_patch_expect_continue_success(mserver: ServerProcess, client: httpx.Client) -> None:
+    loc = create(client, mserver, 5)
+    uid = upload_id(loc)
+    with socket.create_connection(("127.0.0.1", mserver.port), timeout=5.0) as sock:
+        sock.sendall(_patch_head(mserver, uid, 0, 5, "Expect: 100-continue\r\n"))
+        first = read_response(sock, head_only=True)
+        assert first.status == 100
+        sock.sendall(b"hello")
+        final = read_response(sock)
+    assert final.status == 204
+    assert final.headers["upload-offset"] == "5"
+
+
+def test_patch_interrupted_body_keeps_received_bytes(
+    mserver: ServerProcess, client: httpx.Client
+) -> None:
+    data = os.urandom(1_000_000)
+    sent = 300_000
+    loc = create(client, mserver, len(data))
+    uid = upload_id(loc)
+    sock = socket.create_connection(("127.0.0.1", mserver.port), timeout=5.0)
+    sock.sendall(_patch_head(mserver, uid, 0, len(data)) + data[:sent])
+    time.sleep(0.3)
+    sock.close()
+
+    def settled() -> int:
+        r = head(client, loc)
+        return int(r.headers["Upload-Offset"]) if r.status_code == 200 else -1
+
+    assert wait_for(lambda: settled() >= int(sent * 0.9), timeout=5)
+    off = settled()
+    assert int(sent * 0.9) <= off <= sent
+    r = patch(client, loc, off, data[off:])
+    assert r.status_code == 204
+    assert client.get(loc).content == data
+
+
+def test_patch_stalled_body_times_out_and_keeps_bytes(
+    mserver: ServerProcess, client: httpx.Client
+) -> None:
+    """mserver runs with --network-timeout 3."""
+    data = os.urandom(200_000)
+    sent = 50_000
+    loc = create(client, mserver, len(data))
+    uid = upload_id(loc)
+    with socket.create_connection(("127.0.0.1", mserver.port), timeout=10.0) as sock:
+        sock.sendall(_patch_head(mserver, uid, 0, len(data)) + data[:sent])
+        started = time.monotonic()
+        try:
+            resp = read_response(sock)
+            assert resp.status != 204
+        except (ConnectionError, OSError):
+            pass
+        assert 2.0 < time.monotonic() - started < 9.0
+    assert wait_for(lambda: offset_of(client, loc) == sent, timeout=5), offset_of(client, loc)
+    assert patch(client, loc, sent, data[sent:]).status_code == 204
+    assert client.get(loc).content == data
+
+
+def test_head_during_stalled_patch_is_prompt(mserver: ServerProcess, client: httpx.Client) -> None:
+    data = os.urandom(200_000)
+    sent = 50_000
+    loc = create(client, mserver, len(data))
+    uid = upload_id(loc)
+    with socket.create_connection(("127.0.0.1", mserver.port), timeout=10.0) as sock:
+        sock.sendall(_patch_head(mserver, uid, 0, len(data)) + data[:sent])
+        time.sleep(0.5)
+        started = time.monotonic()
+        r = head(client, loc)
+        assert time.monotonic() - started < 2.5
+        assert r.status_code == 200
+        off = int(r.headers["Upload-Offset"])
+        assert 0 <= off <= sent
+    # the offset announced by HEAD must be accepted by the next PATCH
+    deadline = time.monotonic() + 8
+    while True:
+        r = patch(client, loc, off, data[off:])
+        if r.status_code != 423 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if r.status_code == 409:
+        # the stalled request committed more bytes after the HEAD; resume from there
+        off = int(r.headers["Upload-Offset"])
+        assert off <= sent
+        r = patch(client, loc, off, data[off:])
+    assert r.status_code == 204
+    assert client.get(loc).content == data

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from tests.tusd_py.helpers import (
     now_utc,
     parse_http_date,
     raw_request,
+    read_response,
     upload_id,
     wait_for,
 )
@@ -173,7 +175,7 @@ def test_post_invalid_upload_length_is_400(
     assert_error_body(r)
 
 
-@pytest.mark.parametrize("value", ["١٢", "１２", "²"])
+@pytest.mark.parametrize("value", ["\u0661\u0662", "\uff11\uff12", "\u00b2"])
 def test_post_non_ascii_digits_upload_length_400(mserver: ServerProcess, value: str) -> None:
     wire = value.encode("utf-8").decode("latin-1")
     raw = raw_request(mserver, "POST", "/files/", headers={**TUS, "Upload-Length": wire})
@@ -286,14 +288,14 @@ def test_creation_with_upload_deferred(mserver: ServerProcess, client: httpx.Cli
 
 
 def test_creation_with_upload_chunked_body(mserver: ServerProcess, client: httpx.Client) -> None:
-    def gen() -> object:
+    def gen() -> Iterator[bytes]:
         yield b"abc"
         yield b"def"
 
     r = client.post(
         mserver.url,
         headers={**TUS, "Upload-Length": "6", "Content-Type": OFFSET_CT},
-        content=gen(),  # type: ignore[arg-type]
+        content=gen(),
     )
     assert r.status_code == 201
     assert r.headers["Upload-Offset"] == "6"
@@ -307,7 +309,8 @@ def _meta_roundtrip(client: httpx.Client, srv: ServerProcess, meta: str) -> str 
     loc = create(client, srv, 1, metadata=meta)
     r = head(client, loc)
     assert r.status_code == 200
-    return r.headers.get("Upload-Metadata")
+    value: str | None = r.headers.get("Upload-Metadata")
+    return value
 
 
 def _parse_meta(value: str) -> dict[str, str | None]:
@@ -395,3 +398,55 @@ def test_post_response_has_no_upload_offset_without_body(
     r = client.post(mserver.url, headers={**TUS, "Upload-Length": "5"})
     assert r.status_code == 201
     assert r.headers.get("Upload-Offset", "0") == "0"
+
+
+def test_creation_with_upload_deferred_over_max_413(
+    max_server: ServerProcess, client: httpx.Client
+) -> None:
+    r = client.post(
+        max_server.url,
+        headers={**TUS, "Upload-Defer-Length": "1", "Content-Type": OFFSET_CT},
+        content=b"x" * 150,
+    )
+    assert r.status_code == 413
+
+
+def test_post_expect_continue_rejected_before_body(max_server: ServerProcess) -> None:
+    req = (
+        f"POST /files/ HTTP/1.1\r\nHost: 127.0.0.1:{max_server.port}\r\n"
+        f"Tus-Resumable: 1.0.0\r\nUpload-Length: 1000\r\nContent-Type: {OFFSET_CT}\r\n"
+        "Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", max_server.port), timeout=2.0) as sock:
+        sock.sendall(req)
+        resp = read_response(sock)
+    assert resp.status == 413
+    assert "location" not in resp.headers
+
+
+def test_post_expect_continue_success(mserver: ServerProcess) -> None:
+    req = (
+        f"POST /files/ HTTP/1.1\r\nHost: 127.0.0.1:{mserver.port}\r\n"
+        f"Tus-Resumable: 1.0.0\r\nUpload-Length: 5\r\nContent-Type: {OFFSET_CT}\r\n"
+        "Content-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", mserver.port), timeout=5.0) as sock:
+        sock.sendall(req)
+        first = read_response(sock, head_only=True)
+        assert first.status == 100
+        sock.sendall(b"hello")
+        resp = read_response(sock)
+    assert resp.status == 201
+    assert resp.headers["upload-offset"] == "5"
+
+
+def test_completed_upload_api_state(mserver: ServerProcess, client: httpx.Client) -> None:
+    r = client.post(
+        mserver.url,
+        headers={**TUS, "Upload-Length": "3", "Content-Type": OFFSET_CT},
+        content=b"abc",
+    )
+    uid = upload_id(r.headers["Location"])
+    assert wait_for(
+        lambda: api_state(client, mserver, uid) in {"completed", "processed"}, timeout=10
+    ), api_state(client, mserver, uid)

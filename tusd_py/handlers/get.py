@@ -8,7 +8,7 @@ from starlette.responses import Response, StreamingResponse
 
 from ..context import get_context
 from ..errors import TusError
-from ..protocol import metadata_text
+from ..protocol import TUS_VERSION, metadata_text
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _MIME = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
@@ -60,6 +60,7 @@ async def get(request: Request) -> Response:
         "Content-Disposition": content_disposition(
             filename, _INLINE.fullmatch(content_type) is not None),
         "Accept-Ranges": "bytes",
+        "Tus-Resumable": TUS_VERSION,
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "sandbox",
         "Cache-Control": "no-store",
