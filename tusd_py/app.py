@@ -56,6 +56,11 @@ class MethodOverrideMiddleware:
         await self.app(scope, receive, send)
 
 
+def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length", "0")
+    return "transfer-encoding" in request.headers or length.strip() not in ("", "0")
+
+
 async def _render_tus_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TusError)
     if exc.status >= 500:
@@ -63,6 +68,10 @@ async def _render_tus_error(request: Request, exc: Exception) -> Response:
                    level=logging.ERROR, method=request.method, status=exc.status,
                    error=exc.message)
     headers = {"Tus-Resumable": TUS_VERSION, **exc.headers}
+    if _has_body(request):
+        # The body may be partly unread: keeping the connection would parse its
+        # rest as the next request (tusd closes on errors for the same reason).
+        headers["Connection"] = "close"
     return PlainTextResponse(exc.body, status_code=exc.status, headers=headers)
 
 
