@@ -17,7 +17,7 @@ import enum
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import anyio
 
@@ -196,13 +196,37 @@ class Locker(Protocol):
         ...
 
 
-@runtime_checkable
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One delivery of a completed upload to a worker."""
+
+    upload_id: str
+    delivery: int = 1  # how many times this job has been handed out, this one included
+    token: str = ""  # the queue's own handle (e.g. a stream entry id)
+
+
 class CompletionQueue(Protocol):
-    """At-least-once delivery of completed uploads to the processor."""
+    """At-least-once delivery of completed uploads to the processor.
 
-    async def enqueue(self, upload_id: str) -> None: ...
+    The durable enqueue is the commit that marks an upload COMPLETED (the
+    state store is the outbox); notify() is only a hint that wakes a worker.
+    """
 
-    async def receive(self) -> str: ...
+    async def notify(self, upload_id: str) -> None: ...
+
+    async def receive(self) -> Job: ...
+
+    async def ack(self, job: Job) -> None:
+        """The job is done; never deliver it again."""
+        ...
+
+    async def retry(self, job: Job, delay: float) -> None:
+        """Deliver the job again after `delay` seconds."""
+        ...
+
+    async def dead(self, job: Job, error: str) -> None:
+        """Give up on the job, keeping the error where operators can see it."""
+        ...
 
     async def recover(self, state: StateStore) -> int:
         """Re-queue uploads that completed but were never processed; return how many."""

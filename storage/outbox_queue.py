@@ -2,17 +2,19 @@
 
 A commit that completes an upload writes state=completed to its record before
 anything is queued here, so a crash loses only this in-memory hint; recover()
-finds every completed-but-unprocessed upload again on startup.
+finds every completed-but-unprocessed upload again on startup. Retries wait
+in a heap (in memory: after a crash, recover() finds them the same way).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
+import time
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .base import StateStore, UploadState
+from .base import Job, StateStore, UploadState
 
 # Processing crashed mid-way counts as not done: the processor is idempotent.
 PENDING = frozenset({UploadState.COMPLETED, UploadState.PROCESSING})
@@ -20,27 +22,39 @@ PENDING = frozenset({UploadState.COMPLETED, UploadState.PROCESSING})
 
 class OutboxQueue:
     def __init__(self) -> None:
-        send: MemoryObjectSendStream[str]
-        receive: MemoryObjectReceiveStream[str]
-        send, receive = anyio.create_memory_object_stream[str](math.inf)
-        self._send = send
-        self._receive = receive
+        self._send, self._receive = anyio.create_memory_object_stream[str](math.inf)
         self._queued: set[str] = set()
+        self._delayed: list[tuple[float, str]] = []
 
-    async def enqueue(self, upload_id: str) -> None:
+    async def notify(self, upload_id: str) -> None:
         if upload_id in self._queued:
             return
         self._queued.add(upload_id)
         await self._send.send(upload_id)
 
-    async def receive(self) -> str:
-        upload_id = await self._receive.receive()
-        self._queued.discard(upload_id)
-        return upload_id
+    async def receive(self) -> Job:
+        while True:
+            now = time.monotonic()
+            if self._delayed and self._delayed[0][0] <= now:
+                return Job(heapq.heappop(self._delayed)[1])
+            wait = self._delayed[0][0] - now if self._delayed else math.inf
+            with anyio.move_on_after(wait):
+                upload_id = await self._receive.receive()
+                self._queued.discard(upload_id)
+                return Job(upload_id)
+
+    async def ack(self, job: Job) -> None:
+        pass  # the record's state (processed/failed) is the acknowledgement
+
+    async def retry(self, job: Job, delay: float) -> None:
+        heapq.heappush(self._delayed, (time.monotonic() + delay, job.upload_id))
+
+    async def dead(self, job: Job, error: str) -> None:
+        pass  # the record keeps state=failed and the error
 
     async def recover(self, state: StateStore) -> int:
         # Partials are building blocks of a final upload, never processed on their own.
         pending = [i for i in await state.scan(PENDING) if not i.partial]
         for info in sorted(pending, key=lambda i: i.updated_at):
-            await self.enqueue(info.id)
+            await self.notify(info.id)
         return len(pending)

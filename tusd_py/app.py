@@ -113,7 +113,7 @@ def create_app(
             recovered = await backend.queue.recover(backend.state)
             if recovered:
                 logs.event("completion.recovered", count=recovered)
-            tg.start_soon(run_worker, backend, processor)
+            tg.start_soon(run_worker, backend, processor, settings)
             if settings.expiration > 0:
                 tg.start_soon(run_sweeper, ctx)
             yield

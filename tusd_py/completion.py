@@ -1,4 +1,10 @@
-"""The completion pipeline's runner: queue -> processor -> recorded result."""
+"""The completion pipeline's runner: queue -> processor -> recorded result.
+
+Delivery is at-least-once, so the processor must be idempotent. A failure is
+retried with exponential backoff; after the last attempt the job is
+dead-lettered and the upload marked failed with its error. The bytes are
+never touched by a failure.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import Any
 from storage import (
     Backend,
     InvalidTransition,
+    Job,
     Processor,
     StorageError,
     UploadInfo,
@@ -18,6 +25,9 @@ from storage import (
 from storage.outbox_queue import PENDING
 
 from . import logs
+from .settings import Settings
+
+_PROCESSING = frozenset({UploadState.PROCESSING})
 
 
 class LoggingProcessor:
@@ -28,43 +38,52 @@ class LoggingProcessor:
         return {"processor": "noop"}
 
 
-async def process_one(backend: Backend, processor: Processor, upload_id: str) -> None:
-    state = backend.state
+async def process_job(backend: Backend, processor: Processor, settings: Settings,
+                      job: Job) -> None:
+    state, queue, upload_id = backend.state, backend.queue, job.upload_id
     try:
         info = await state.get(upload_id)
-    except StorageError as exc:
-        logs.event("processing.skipped", upload_id, level=logging.WARNING, error=str(exc))
-        return
-    if info.partial or info.state not in PENDING:
-        return
-    try:
+        if info.partial or info.state not in PENDING:
+            await queue.ack(job)  # already done (a duplicate delivery) or not ours
+            return
         info = await state.transition(upload_id, UploadState.PROCESSING, expect=PENDING,
                                       attempts=info.attempts + 1)
-    except InvalidTransition:
+    except (StorageError, InvalidTransition) as exc:
+        logs.event("processing.skipped", upload_id, level=logging.WARNING, error=str(exc))
+        await queue.ack(job)
         return
     logs.event("processing.started", upload_id, attempt=info.attempts, size=info.size)
     started = time.monotonic()
     try:
         result = await processor.process(info, backend.data)
     except Exception as exc:
-        logs.event("processing.failed", upload_id, level=logging.ERROR,
-                   error=f"{type(exc).__name__}: {exc}", attempt=info.attempts)
-        await state.transition(upload_id, UploadState.FAILED,
-                               expect=frozenset({UploadState.PROCESSING}),
-                               error=f"{type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
+        if info.attempts >= settings.processing_attempts:
+            await state.transition(upload_id, UploadState.FAILED, expect=_PROCESSING,
+                                   error=error)
+            await queue.dead(job, error)
+            logs.event("processing.failed", upload_id, level=logging.ERROR, error=error,
+                       attempt=info.attempts, final=True)
+            return
+        delay = settings.processing_backoff * 2 ** (info.attempts - 1)
+        await state.transition(upload_id, UploadState.COMPLETED, expect=_PROCESSING,
+                               error=error)
+        await queue.retry(job, delay)
+        logs.event("processing.failed", upload_id, level=logging.WARNING, error=error,
+                   attempt=info.attempts, retry_in=delay)
         return
-    await state.transition(upload_id, UploadState.PROCESSED,
-                           expect=frozenset({UploadState.PROCESSING}),
+    await state.transition(upload_id, UploadState.PROCESSED, expect=_PROCESSING,
                            result=dict(result), error=None)
+    await queue.ack(job)
     logs.event("processing.done", upload_id, seconds=round(time.monotonic() - started, 3))
 
 
-async def run_worker(backend: Backend, processor: Processor) -> None:
+async def run_worker(backend: Backend, processor: Processor, settings: Settings) -> None:
     """Runs for the server's lifetime; one failing upload never stops the loop."""
     while True:
-        upload_id = await backend.queue.receive()
+        job = await backend.queue.receive()
         try:
-            await process_one(backend, processor, upload_id)
+            await process_job(backend, processor, settings, job)
         except Exception:
             logging.getLogger(logs.LOGGER_NAME).exception(
-                "processing.crashed", extra={"fields": {"upload_id": upload_id}})
+                "processing.crashed", extra={"fields": {"upload_id": job.upload_id}})

@@ -74,7 +74,7 @@ class TusContext:
         if info.partial:
             await finish_waiting_finals(self, info.id)
         else:
-            await self.backend.queue.enqueue(info.id)
+            await self.backend.queue.notify(info.id)
 
 
 def require_tus_resumable(request: Request) -> None:

@@ -25,6 +25,8 @@ class Settings:
     write_buffer_bytes: int = 4 << 20  # body chunks are coalesced to this before pwritev
     sweep_interval: float = 60.0
     tombstone_seconds: float = 7 * 24 * 3600.0  # how long terminated/expired ids answer 410
+    processing_attempts: int = 5  # then the job is dead-lettered and the upload marked failed
+    processing_backoff: float = 1.0  # seconds before the first retry; doubles each time
 
     def __post_init__(self) -> None:
         base = "/" + self.base_path.strip("/") + "/"

@@ -201,5 +201,21 @@ async def test_queue_recovers_completed_uploads(backend: Backend) -> None:
     await backend.state.commit(partial.id, epoch=1, expected=0, new=0)
     assert await backend.queue.recover(backend.state) == 1
     with anyio.fail_after(1):
-        got = await backend.queue.receive()
-    assert got == info.id
+        job = await backend.queue.receive()
+    assert job.upload_id == info.id
+    await backend.queue.ack(job)
+
+
+async def test_queue_retry_redelivers_after_delay(backend: Backend) -> None:
+    info = await make(backend, size=0)
+    await backend.state.commit(info.id, epoch=1, expected=0, new=0)
+    await backend.queue.notify(info.id)
+    with anyio.fail_after(2):
+        job = await backend.queue.receive()
+    started = anyio.current_time()
+    await backend.queue.retry(job, 0.3)
+    with anyio.fail_after(5):
+        again = await backend.queue.receive()
+    assert again.upload_id == info.id
+    assert anyio.current_time() - started >= 0.25
+    await backend.queue.ack(again)
