@@ -8,13 +8,14 @@ Exception tree::
     ├── OffsetMismatch        commit's expected offset is not the stored one
     ├── Fenced                a newer lock holder has committed (stale epoch)
     ├── InvalidTransition     state change not allowed from the current state
-    └── LockTimeout           the upload stayed locked for the whole wait
+    ├── LockTimeout           the upload stayed locked for the whole wait
+    └── StorageUnavailable    the state store (e.g. Redis) cannot be reached
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -106,6 +107,10 @@ class LockTimeout(StorageError):
     pass
 
 
+class StorageUnavailable(StorageError):
+    pass
+
+
 class DataStore(Protocol):
     """Bytes of uploads. Writes land at an offset; nothing is durable before sync()."""
 
@@ -171,6 +176,10 @@ class StateStore(Protocol):
         """Unfinished uploads whose expires_at has passed."""
         ...
 
+    async def purge_tombstones(self, before: float) -> int:
+        """Forget terminated/expired uploads last changed before `before`."""
+        ...
+
     async def purge(self, upload_id: str) -> None:
         """Remove the record entirely (tombstones included)."""
         ...
@@ -186,6 +195,10 @@ class Lease:
 
 
 class Locker(Protocol):
+    async def leader(self, name: str, ttl: float) -> bool:
+        """Take or keep a named leadership lease (e.g. the expiry sweeper's)."""
+        ...
+
     def hold(
         self, upload_id: str, *, on_release_requested: Callable[[], None], timeout: float,
     ) -> AbstractAsyncContextManager[Lease]:
@@ -220,6 +233,10 @@ class CompletionQueue(Protocol):
         """The job is done; never deliver it again."""
         ...
 
+    async def extend(self, job: Job) -> None:
+        """Still working on it: do not hand the job to another worker yet."""
+        ...
+
     async def retry(self, job: Job, delay: float) -> None:
         """Deliver the job again after `delay` seconds."""
         ...
@@ -239,9 +256,16 @@ class Processor(Protocol):
     async def process(self, info: UploadInfo, data: DataStore) -> Mapping[str, Any]: ...
 
 
+async def _nothing() -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Backend:
     data: DataStore
     state: StateStore
     locker: Locker
     queue: CompletionQueue
+    # Background loops to run for the server's lifetime (e.g. lock renewal, pub/sub).
+    services: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
+    aclose: Callable[[], Awaitable[None]] = _nothing

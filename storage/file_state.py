@@ -166,6 +166,13 @@ class FileStateStore:
             if info.expires_at is not None and info.expires_at <= now
         ]
 
+    async def purge_tombstones(self, before: float) -> int:
+        gone = frozenset({UploadState.TERMINATED, UploadState.EXPIRED})
+        old = [i for i in await self.scan(gone) if i.updated_at < before]
+        for info in old:
+            await self.purge(info.id)
+        return len(old)
+
     async def purge(self, upload_id: str) -> None:
         path = self._path(upload_id)
         async with self._lock(upload_id):

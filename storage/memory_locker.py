@@ -32,6 +32,9 @@ class MemoryLocker:
         self._holders: dict[str, _Holder] = {}
         self._epochs = itertools.count(1)
 
+    async def leader(self, name: str, ttl: float) -> bool:
+        return True  # one process: it is always the leader
+
     async def _acquire(
         self, upload_id: str, on_release_requested: Callable[[], None], timeout: float,
     ) -> _Holder:

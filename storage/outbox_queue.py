@@ -46,6 +46,9 @@ class OutboxQueue:
     async def ack(self, job: Job) -> None:
         pass  # the record's state (processed/failed) is the acknowledgement
 
+    async def extend(self, job: Job) -> None:
+        pass  # one worker per process: nobody else could take the job
+
     async def retry(self, job: Job, delay: float) -> None:
         heapq.heappush(self._delayed, (time.monotonic() + delay, job.upload_id))
 

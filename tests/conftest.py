@@ -123,3 +123,63 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter:
             reporter.write_line(f"FAILED: {skipped} test(s) skipped; skips are not passes",
                                 red=True)
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of our own (AOF on, so a restart keeps state), or REDIS_URL."""
+
+    port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    external_url: str | None = None
+
+    @property
+    def url(self) -> str:
+        return self.external_url or f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        if self.external_url:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.workdir), "--appendonly", "yes", "--appendfsync", "always",
+             "--save", "", "--logfile", str(self.workdir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def flush(self) -> None:
+        import redis
+
+        redis.Redis.from_url(self.url).flushdb()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """Session-wide Redis. With REDIS_URL set, that server is used (and flushed!)."""
+    server = RedisServer(port=free_port(), workdir=tmp_path_factory.mktemp("redis"),
+                         external_url=os.environ.get("REDIS_URL"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    redis_server.flush()
+    return redis_server.url

@@ -14,7 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from storage import Backend, Processor, embedded_backend
+from storage import Backend, Processor, StorageUnavailable, embedded_backend
 
 from . import logs
 from .completion import LoggingProcessor, run_worker
@@ -89,6 +89,8 @@ def _dispatch(table: dict[str, Handler]) -> Handler:
             return await table[request.method](request)
         except TusError:
             raise
+        except StorageUnavailable as exc:
+            raise TusError.unavailable(str(exc.__cause__ or exc)) from exc
         except Exception as exc:
             # Rendered here, inside the CORS middleware, so browsers can read the 500.
             return await _render_crash(request, exc)
@@ -113,11 +115,14 @@ def create_app(
             recovered = await backend.queue.recover(backend.state)
             if recovered:
                 logs.event("completion.recovered", count=recovered)
+            for service in backend.services:
+                tg.start_soon(service)
             tg.start_soon(run_worker, backend, processor, settings)
             if settings.expiration > 0:
                 tg.start_soon(run_sweeper, ctx)
             yield
             tg.cancel_scope.cancel()
+        await backend.aclose()
 
     base = settings.base_path
     collection = _dispatch({"POST": post, "OPTIONS": options})

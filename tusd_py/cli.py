@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from storage import Backend, embedded_backend
+
 from . import logs
 from .settings import Settings
 
@@ -55,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lock-timeout", type=float,
         default=_env("lock-timeout", _DEFAULTS.lock_timeout, float),
         help="seconds a request waits for a busy upload before answering 423")
+    add("--redis-url", default=_env("redis-url", None),
+        help="keep upload state, locks and completion jobs in Redis so several instances "
+             "can share one upload dir: redis://host:6379/0, rediss://..., unix:///path, or "
+             "redis+sentinel://host1:26379,host2:26379/mymaster (default: embedded, no Redis)")
     add("--log-level", default=_env("log-level", _DEFAULTS.log_level),
         choices=["debug", "info", "warning", "error"], help="log level")
     add("--log-format", default=_env("log-format", _DEFAULTS.log_format),
@@ -69,7 +75,38 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         expiration=args.expiration, cors_origins=args.cors_origins,
         behind_proxy=args.behind_proxy, network_timeout=args.network_timeout,
         lock_timeout=args.lock_timeout, log_level=args.log_level, log_format=args.log_format,
+        redis_url=args.redis_url or None,
     )
+
+
+def build_backend(settings: Settings) -> Backend:
+    if not settings.redis_url:
+        return embedded_backend(settings.upload_dir)
+    from storage.redis import redis_backend
+
+    return redis_backend(settings.redis_url, settings.upload_dir,
+                         tombstone_seconds=settings.tombstone_seconds)
+
+
+def check_redis(url: str) -> str | None:
+    """One line saying why Redis cannot be used, or None when it answers."""
+    import anyio
+
+    from storage.redis import connect
+
+    async def ping() -> None:
+        client = connect(url)
+        try:
+            with anyio.fail_after(5):
+                await client.ping()
+        finally:
+            await client.aclose()
+
+    try:
+        anyio.run(ping)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
 
 
 def serve(settings: Settings) -> None:
@@ -78,7 +115,13 @@ def serve(settings: Settings) -> None:
     from .app import create_app
 
     logs.configure(settings.log_level, settings.log_format)
-    app = create_app(settings)
+    if settings.redis_url:
+        problem = check_redis(settings.redis_url)
+        if problem:
+            print(f"tusd-py: cannot reach Redis at {settings.redis_url}: {problem}",
+                  file=sys.stderr)
+            raise SystemExit(2)
+    app = create_app(settings, build_backend(settings))
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None,
         # Forwarded headers are handled by --behind-proxy, never implicitly by uvicorn.
@@ -88,6 +131,7 @@ def serve(settings: Settings) -> None:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     logs.event("server.listening", url=f"http://{host}:{settings.port}{settings.base_path}",
                upload_dir=str(settings.upload_dir), max_size=settings.max_size,
+               state="redis" if settings.redis_url else "embedded",
                expiration=settings.expiration)
     uvicorn.Server(config).run()
 

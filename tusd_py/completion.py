@@ -13,8 +13,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import anyio
+
 from storage import (
     Backend,
+    CompletionQueue,
     InvalidTransition,
     Job,
     Processor,
@@ -28,6 +31,7 @@ from . import logs
 from .settings import Settings
 
 _PROCESSING = frozenset({UploadState.PROCESSING})
+EXTEND_EVERY = 30.0  # well below the Redis queue's reclaim idle time
 
 
 class LoggingProcessor:
@@ -55,8 +59,13 @@ async def process_job(backend: Backend, processor: Processor, settings: Settings
     logs.event("processing.started", upload_id, attempt=info.attempts, size=info.size)
     started = time.monotonic()
     try:
-        result = await processor.process(info, backend.data)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_keep_claimed, queue, job)
+            result = await processor.process(info, backend.data)
+            tg.cancel_scope.cancel()
     except Exception as exc:
+        if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
         error = f"{type(exc).__name__}: {exc}"
         if info.attempts >= settings.processing_attempts:
             await state.transition(upload_id, UploadState.FAILED, expect=_PROCESSING,
@@ -76,6 +85,13 @@ async def process_job(backend: Backend, processor: Processor, settings: Settings
                            result=dict(result), error=None)
     await queue.ack(job)
     logs.event("processing.done", upload_id, seconds=round(time.monotonic() - started, 3))
+
+
+async def _keep_claimed(queue: CompletionQueue, job: Job) -> None:
+    """A long job (a huge TIFF) must not look abandoned to other workers."""
+    while True:
+        await anyio.sleep(EXTEND_EVERY)
+        await queue.extend(job)
 
 
 async def run_worker(backend: Backend, processor: Processor, settings: Settings) -> None:

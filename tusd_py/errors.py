@@ -124,5 +124,10 @@ class TusError(Exception):
         return cls(403, "ERR_ORIGIN_NOT_ALLOWED", "origin is not allowed")
 
     @classmethod
+    def unavailable(cls, why: str) -> TusError:
+        return cls(503, "ERR_STORAGE_UNAVAILABLE",
+                   f"upload state store unavailable ({why}); retry later")
+
+    @classmethod
     def internal(cls, why: str) -> TusError:
         return cls(500, "ERR_INTERNAL_SERVER_ERROR", why)

@@ -32,11 +32,7 @@ async def sweep_once(ctx: TusContext) -> int:
         removed += 1
         logs.event("upload.expired", info.id, offset=info.offset, size=info.size)
     # Tombstones answer 410 for a while, then are forgotten.
-    horizon = now - ctx.settings.tombstone_seconds
-    gone = frozenset({UploadState.TERMINATED, UploadState.EXPIRED})
-    for info in await backend.state.scan(gone):
-        if info.updated_at < horizon:
-            await backend.state.purge(info.id)
+    await backend.state.purge_tombstones(now - ctx.settings.tombstone_seconds)
     return removed
 
 
@@ -45,6 +41,8 @@ async def run_sweeper(ctx: TusContext) -> None:
     while True:
         await anyio.sleep(interval)
         try:
-            await sweep_once(ctx)
+            # Several instances share one store: one elected sweeper at a time.
+            if await ctx.backend.locker.leader("sweeper", ttl=interval * 3):
+                await sweep_once(ctx)
         except Exception:
             logging.getLogger(logs.LOGGER_NAME).exception("sweeper.crashed")

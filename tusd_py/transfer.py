@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import enum
 import hmac
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.requests import ClientDisconnect
 
-from storage import Lease, UploadInfo
+from storage import Fenced, Lease, StorageUnavailable, UploadInfo
 
 from . import logs
 from .context import TusContext
@@ -54,9 +55,12 @@ class _Writer:
 
     ctx: TusContext
     info: UploadInfo  # last committed record
-    epoch: int
+    lease: Lease
+    stop: Callable[[], None]  # ends the receiving side (the release scope)
     checkpoints: bool  # False while a checksum still has to be verified
     written: int = 0
+    fenced: bool = False  # a newer lock holder exists: write and commit nothing more
+    failure: StorageUnavailable | None = None
     started: float = field(default_factory=time.monotonic)
     last_checkpoint: float = field(default_factory=time.monotonic)
 
@@ -64,6 +68,10 @@ class _Writer:
         self.start = self.written = self.info.offset
 
     async def write(self, batch: list[bytes]) -> None:
+        if self.fenced or self.failure or self.lease.lost.is_set():
+            # Never write after losing the lease: the new holder may own those bytes.
+            self.fenced = self.fenced or self.lease.lost.is_set()
+            return
         self.written += await self.ctx.backend.data.write(self.info.id, self.written, batch)
         settings = self.ctx.settings
         if self.checkpoints and (
@@ -79,16 +87,29 @@ class _Writer:
 
     async def checkpoint(self) -> None:
         committed = self.info.offset
-        if self.written == committed:
+        if self.written == committed or self.fenced or self.failure:
             return
         backend = self.ctx.backend
         # A commit cancelled half-way could be applied without us knowing it.
         with anyio.CancelScope(shield=True):
             await backend.data.sync(self.info.id)
-            self.info = await backend.state.commit(
-                self.info.id, epoch=self.epoch, expected=committed, new=self.written,
-                expires_at=self.ctx.next_expiry(),
-            )
+            try:
+                self.info = await backend.state.commit(
+                    self.info.id, epoch=self.lease.epoch, expected=committed,
+                    new=self.written, expires_at=self.ctx.next_expiry(),
+                )
+            except Fenced:
+                logs.event("upload.fenced", self.info.id, level=logging.WARNING,
+                           epoch=self.lease.epoch, uncommitted=self.written - committed)
+                self.fenced = True
+                self.stop()
+                return
+            except StorageUnavailable as exc:
+                logs.event("upload.commit_failed", self.info.id, level=logging.ERROR,
+                           error=str(exc), uncommitted=self.written - committed)
+                self.failure = exc
+                self.stop()
+                return
         self.last_checkpoint = time.monotonic()
         elapsed = max(time.monotonic() - self.started, 1e-6)
         logs.event("upload.checkpoint", self.info.id, offset=self.written,
@@ -112,7 +133,7 @@ async def pump_body(
     """
     settings = ctx.settings
     hasher: Hasher | None = new_hasher(checksum[0]) if checksum else None
-    writer = _Writer(ctx, info, lease.epoch, checkpoints=hasher is None)
+    writer = _Writer(ctx, info, lease, release.cancel, checkpoints=hasher is None)
     outcome = Outcome.DONE
     received = 0
     try:
@@ -163,4 +184,8 @@ async def pump_body(
             if hasher is not None and writer.info.offset == info.offset:
                 # Unverified or mismatching bytes are dropped; the offset never moved.
                 await ctx.backend.data.truncate(info.id, info.offset)
+    if writer.failure is not None:
+        raise writer.failure  # the HTTP layer answers 503; the bytes are re-sent on resume
+    if writer.fenced:
+        outcome = Outcome.RELEASED
     return PumpResult(outcome, writer.info, writer.written - info.offset)

@@ -29,6 +29,19 @@ async def make(backend: Backend, size: int | None = 10, **fields: object) -> Upl
     return info
 
 
+async def commit(backend: Backend, upload_id: str, expected: int, new: int) -> UploadInfo:
+    async with backend.locker.hold(upload_id, on_release_requested=lambda: None,
+                                   timeout=2) as lease:
+        return await backend.state.commit(upload_id, epoch=lease.epoch, expected=expected,
+                                          new=new)
+
+
+async def declare(backend: Backend, upload_id: str, size: int) -> UploadInfo:
+    async with backend.locker.hold(upload_id, on_release_requested=lambda: None,
+                                   timeout=2) as lease:
+        return await backend.state.declare_length(upload_id, epoch=lease.epoch, size=size)
+
+
 async def read_all(backend: Backend, upload_id: str, start: int, end: int) -> bytes:
     return b"".join([chunk async for chunk in backend.data.read(upload_id, start, end)])
 
@@ -53,7 +66,7 @@ async def test_write_sync_commit_and_read_back(backend: Backend) -> None:
     info = await make(backend)
     assert await backend.data.write(info.id, 0, [b"hel", b"lo"]) == 5
     await backend.data.sync(info.id)
-    after = await backend.state.commit(info.id, epoch=1, expected=0, new=5)
+    after = await commit(backend, info.id, 0, 5)
     assert after.offset == 5 and after.state is UploadState.UPLOADING
     assert await read_all(backend, info.id, 0, 5) == b"hello"
     assert await read_all(backend, info.id, 1, 3) == b"el"
@@ -62,35 +75,41 @@ async def test_write_sync_commit_and_read_back(backend: Backend) -> None:
 async def test_commit_to_size_completes_atomically(backend: Backend) -> None:
     info = await make(backend, size=4)
     await backend.data.write(info.id, 0, [b"abcd"])
-    done = await backend.state.commit(info.id, epoch=1, expected=0, new=4)
+    done = await commit(backend, info.id, 0, 4)
     assert done.state is UploadState.COMPLETED and done.expires_at is None
     pending = await backend.state.scan(frozenset({UploadState.COMPLETED}))
     assert info.id in {p.id for p in pending}
     with pytest.raises(InvalidTransition):
-        await backend.state.commit(info.id, epoch=1, expected=4, new=4)
+        await commit(backend, info.id, 4, 4)
 
 
 async def test_commit_with_wrong_expected_offset_changes_nothing(backend: Backend) -> None:
     info = await make(backend)
-    await backend.state.commit(info.id, epoch=1, expected=0, new=3)
+    await commit(backend, info.id, 0, 3)
     with pytest.raises(OffsetMismatch) as caught:
-        await backend.state.commit(info.id, epoch=1, expected=0, new=6)
+        await commit(backend, info.id, 0, 6)
     assert caught.value.current == 3
     assert (await backend.state.get(info.id)).offset == 3
 
 
 async def test_stale_epoch_is_fenced(backend: Backend) -> None:
     info = await make(backend)
-    await backend.state.commit(info.id, epoch=5, expected=0, new=2)
+    async with backend.locker.hold(info.id, on_release_requested=lambda: None,
+                                   timeout=2) as old:
+        pass
+    async with backend.locker.hold(info.id, on_release_requested=lambda: None,
+                                   timeout=2) as new:
+        assert new.epoch > old.epoch
+        await backend.state.commit(info.id, epoch=new.epoch, expected=0, new=2)
     with pytest.raises(Fenced):
-        await backend.state.commit(info.id, epoch=4, expected=2, new=3)
+        await backend.state.commit(info.id, epoch=old.epoch, expected=2, new=3)
     assert (await backend.state.get(info.id)).offset == 2
 
 
 async def test_truncate_drops_uncommitted_tail(backend: Backend) -> None:
     info = await make(backend)
     await backend.data.write(info.id, 0, [b"0123456789"])
-    await backend.state.commit(info.id, epoch=1, expected=0, new=4)
+    await commit(backend, info.id, 0, 4)
     await backend.data.truncate(info.id, 4)
     assert await backend.data.size(info.id) == 4
     await backend.data.write(info.id, 4, [b"XYZ"])
@@ -99,19 +118,19 @@ async def test_truncate_drops_uncommitted_tail(backend: Backend) -> None:
 
 async def test_declare_length_once(backend: Backend) -> None:
     info = await make(backend, size=None)
-    await backend.state.commit(info.id, epoch=1, expected=0, new=3)
+    await commit(backend, info.id, 0, 3)
     with pytest.raises(InvalidTransition):
-        await backend.state.declare_length(info.id, epoch=1, size=2)
-    got = await backend.state.declare_length(info.id, epoch=1, size=8)
+        await declare(backend, info.id, 2)
+    got = await declare(backend, info.id, 8)
     assert got.size == 8
     with pytest.raises(InvalidTransition):
-        await backend.state.declare_length(info.id, epoch=1, size=9)
+        await declare(backend, info.id, 9)
 
 
 async def test_declare_length_equal_to_offset_completes(backend: Backend) -> None:
     info = await make(backend, size=None)
-    await backend.state.commit(info.id, epoch=1, expected=0, new=3)
-    got = await backend.state.declare_length(info.id, epoch=1, size=3)
+    await commit(backend, info.id, 0, 3)
+    got = await declare(backend, info.id, 3)
     assert got.state is UploadState.COMPLETED
 
 
@@ -132,7 +151,7 @@ async def test_expired_lists_only_unfinished_past_deadline(backend: Backend) -> 
     old = await make(backend, expires_at=now - 5)
     fresh = await make(backend, expires_at=now + 500)
     done = await make(backend, size=0, expires_at=now - 5)
-    await backend.state.commit(done.id, epoch=1, expected=0, new=0)
+    await commit(backend, done.id, 0, 0)
     expired = {i.id for i in await backend.state.expired(now)}
     assert old.id in expired
     assert fresh.id not in expired and done.id not in expired
@@ -196,9 +215,9 @@ async def test_lock_timeout_when_holder_does_not_let_go(backend: Backend) -> Non
 
 async def test_queue_recovers_completed_uploads(backend: Backend) -> None:
     info = await make(backend, size=0)
-    await backend.state.commit(info.id, epoch=1, expected=0, new=0)
+    await commit(backend, info.id, 0, 0)
     partial = await make(backend, size=0, partial=True)
-    await backend.state.commit(partial.id, epoch=1, expected=0, new=0)
+    await commit(backend, partial.id, 0, 0)
     assert await backend.queue.recover(backend.state) == 1
     with anyio.fail_after(1):
         job = await backend.queue.receive()
@@ -208,7 +227,7 @@ async def test_queue_recovers_completed_uploads(backend: Backend) -> None:
 
 async def test_queue_retry_redelivers_after_delay(backend: Backend) -> None:
     info = await make(backend, size=0)
-    await backend.state.commit(info.id, epoch=1, expected=0, new=0)
+    await commit(backend, info.id, 0, 0)
     await backend.queue.notify(info.id)
     with anyio.fail_after(2):
         job = await backend.queue.receive()

@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+import redis as redis_lib
 
-from tests.conftest import ServerProcess
+from tests.conftest import RedisServer, ServerProcess
+
+_redis_dbs = itertools.cycle(range(1, 16))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["embedded", "redis"])
 def server_factory(
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., ServerProcess]]:
-    """Module-scoped factory: server_factory("--max-size", "100") starts a server."""
+    """Module-scoped factory: server_factory("--max-size", "100") starts a server.
+
+    Every module runs twice: against the embedded default and against Redis.
+    """
     started: list[ServerProcess] = []
 
     def _start(*args: str) -> ServerProcess:
         base = tmp_path_factory.mktemp("tusd")
+        if request.param == "redis":
+            redis: RedisServer = request.getfixturevalue("redis_server")
+            url = f"{redis.url.rsplit('/', 1)[0]}/{next(_redis_dbs)}"
+            redis_lib.Redis.from_url(url).flushdb()
+            args = ("--redis-url", url, *args)
         srv = ServerProcess(upload_dir=base / "data", args=list(args))
         srv.start()
         started.append(srv)

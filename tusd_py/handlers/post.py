@@ -65,18 +65,21 @@ async def post(request: Request) -> Response:
         expires_at=None if size == 0 else ctx.next_expiry(),
     ))
     headers = {"Tus-Resumable": TUS_VERSION, "Location": ctx.upload_url(request, info.id)}
-    if size == 0:
-        # 'Upload-Length: 0' is complete at creation: it is processed like any other.
-        info = await ctx.backend.state.commit(info.id, epoch=0, expected=0, new=0)
-        await ctx.completed(info)
-    elif with_body:
+    if size == 0 or with_body:
         release = anyio.CancelScope()
         try:
             async with ctx.backend.locker.hold(info.id, on_release_requested=release.cancel,
                                                timeout=ctx.settings.lock_timeout) as lease:
-                result = await receive_body(ctx, request, info, lease, release, checksum)
+                if size == 0:
+                    # 'Upload-Length: 0' is complete at creation, and processed like any other.
+                    info = await ctx.backend.state.commit(info.id, epoch=lease.epoch,
+                                                          expected=0, new=0)
+                    await ctx.completed(info)
+                else:
+                    result = await receive_body(ctx, request, info, lease, release, checksum)
         except LockTimeout:
             raise TusError.locked() from None
+    if size != 0 and with_body:
         info = result.info
         headers["Upload-Offset"] = str(info.offset)
         try:
