@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from storage import Backend, Processor, StorageUnavailable, embedded_backend
@@ -63,10 +65,11 @@ def _has_body(request: Request) -> bool:
 
 async def _render_tus_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TusError)
-    if exc.status >= 500:
-        logs.event("request.failed", request.path_params.get("upload_id"),
-                   level=logging.ERROR, method=request.method, status=exc.status,
-                   error=exc.message)
+    # Every refusal is visible: "my upload failed and the logs say nothing" must not happen.
+    logs.event("request.failed" if exc.status >= 500 else "request.rejected",
+               request.path_params.get("upload_id"),
+               level=logging.ERROR if exc.status >= 500 else logging.INFO,
+               method=request.method, status=exc.status, code=exc.code, reason=exc.message)
     headers = {"Tus-Resumable": TUS_VERSION, **exc.headers}
     if _has_body(request):
         # The body may be partly unread: keeping the connection would parse its
@@ -96,6 +99,13 @@ def _dispatch(table: dict[str, Handler]) -> Handler:
             return await _render_crash(request, exc)
 
     return endpoint
+
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+async def _dashboard(request: Request) -> Response:
+    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 async def _healthz(request: Request) -> Response:
@@ -128,7 +138,7 @@ def create_app(
     collection = _dispatch({"POST": post, "OPTIONS": options})
     resource = _dispatch({"HEAD": head, "PATCH": patch, "DELETE": delete, "GET": get,
                           "OPTIONS": options})
-    routes = [
+    routes: list[BaseRoute] = [
         Route(base, collection, methods=["POST", "OPTIONS"]),
         Route(base.rstrip("/"), collection, methods=["POST", "OPTIONS"]),
         Route(base + "{upload_id}", resource,
@@ -137,6 +147,11 @@ def create_app(
         Route("/api/uploads", upload_list, methods=["GET"]),
         Route("/api/uploads/{upload_id}", upload_status, methods=["GET"]),
     ]
+    if settings.dashboard:
+        routes += [
+            Route("/", _dashboard, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        ]
     app = Starlette(
         routes=routes,
         middleware=[

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep upload state, locks and completion jobs in Redis so several instances "
              "can share one upload dir: redis://host:6379/0, rediss://..., unix:///path, or "
              "redis+sentinel://host1:26379,host2:26379/mymaster (default: embedded, no Redis)")
+    add("--no-dashboard", dest="dashboard", action="store_false",
+        default=_env("dashboard", True, _bool), help="do not serve the upload page at /")
     add("--log-level", default=_env("log-level", _DEFAULTS.log_level),
         choices=["debug", "info", "warning", "error"], help="log level")
     add("--log-format", default=_env("log-format", _DEFAULTS.log_format),
@@ -75,7 +77,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         expiration=args.expiration, cors_origins=args.cors_origins,
         behind_proxy=args.behind_proxy, network_timeout=args.network_timeout,
         lock_timeout=args.lock_timeout, log_level=args.log_level, log_format=args.log_format,
-        redis_url=args.redis_url or None,
+        redis_url=args.redis_url or None, dashboard=args.dashboard,
     )
 
 

@@ -18,6 +18,7 @@ class Settings:
     behind_proxy: bool = False
     network_timeout: float = 60.0
     redis_url: str | None = None  # None: the embedded default (files + in-process locks)
+    dashboard: bool = True  # the upload page at /
     log_level: str = "info"
     log_format: str = "text"
     lock_timeout: float = 20.0  # how long a request waits for an upload's lock before 423
