@@ -12,9 +12,11 @@ from .base import (
     InvalidTransition,
     Job,
     Lease,
+    LocalFiles,
     Locker,
     LockTimeout,
     OffsetMismatch,
+    PermanentProcessingError,
     Processor,
     StateStore,
     StorageError,
@@ -26,6 +28,7 @@ from .base import (
 )
 from .file_data import FileDataStore
 from .file_state import FileStateStore
+from .final_files import FinalFiles, sanitize_component
 from .ids import is_valid_upload_id, new_upload_id
 from .memory_locker import MemoryLocker
 from .outbox_queue import OutboxQueue
@@ -37,14 +40,17 @@ __all__ = [
     "Fenced",
     "FileDataStore",
     "FileStateStore",
+    "FinalFiles",
     "InvalidTransition",
     "Job",
     "Lease",
+    "LocalFiles",
     "LockTimeout",
     "Locker",
     "MemoryLocker",
     "OffsetMismatch",
     "OutboxQueue",
+    "PermanentProcessingError",
     "Processor",
     "StateStore",
     "StorageError",
@@ -56,6 +62,7 @@ __all__ = [
     "embedded_backend",
     "is_valid_upload_id",
     "new_upload_id",
+    "sanitize_component",
 ]
 
 

@@ -18,7 +18,8 @@ import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 
@@ -59,9 +60,12 @@ class UploadInfo:
     expires_at: float | None = None
     partial: bool = False
     parts: tuple[str, ...] = ()  # for a final concatenation: the partial ids, in order
-    attempts: int = 0
+    completed_at: float | None = None  # when the last byte was committed
+    attempts: int = 0  # processing attempts so far
+    started_at: float | None = None  # processing: last attempt's start and end
+    finished_at: float | None = None
     error: str | None = None
-    result: Mapping[str, Any] | None = None
+    result: Mapping[str, Any] | None = None  # what the processor produced
 
     @property
     def is_final(self) -> bool:
@@ -237,6 +241,10 @@ class CompletionQueue(Protocol):
         """Still working on it: do not hand the job to another worker yet."""
         ...
 
+    async def requeue(self, upload_id: str) -> None:
+        """Durably queue a completed upload again (reprocessing on request)."""
+        ...
+
     async def retry(self, job: Job, delay: float) -> None:
         """Deliver the job again after `delay` seconds."""
         ...
@@ -248,6 +256,17 @@ class CompletionQueue(Protocol):
     async def recover(self, state: StateStore) -> int:
         """Re-queue uploads that completed but were never processed; return how many."""
         ...
+
+
+class PermanentProcessingError(Exception):
+    """Retrying cannot help (corrupt image, wrong length): fail the upload at once."""
+
+
+@runtime_checkable
+class LocalFiles(Protocol):
+    """A data store whose uploads are plain local files (the processor reads them)."""
+
+    def path(self, upload_id: str) -> Path: ...
 
 
 class Processor(Protocol):

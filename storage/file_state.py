@@ -29,7 +29,9 @@ def info_to_json(info: UploadInfo) -> dict[str, Any]:
         "metadata": dict(info.metadata), "state": info.state.value, "epoch": info.epoch,
         "created_at": info.created_at, "updated_at": info.updated_at,
         "expires_at": info.expires_at, "partial": info.partial, "parts": list(info.parts),
-        "attempts": info.attempts, "error": info.error, "result": info.result,
+        "completed_at": info.completed_at, "attempts": info.attempts,
+        "started_at": info.started_at, "finished_at": info.finished_at,
+        "error": info.error, "result": info.result,
     }
 
 
@@ -38,8 +40,9 @@ def info_from_json(raw: dict[str, Any]) -> UploadInfo:
         id=raw["id"], size=raw["size"], offset=raw["offset"], metadata=raw["metadata"],
         state=UploadState(raw["state"]), epoch=raw["epoch"], created_at=raw["created_at"],
         updated_at=raw["updated_at"], expires_at=raw["expires_at"], partial=raw["partial"],
-        parts=tuple(raw["parts"]), attempts=raw["attempts"], error=raw["error"],
-        result=raw["result"],
+        parts=tuple(raw["parts"]), completed_at=raw.get("completed_at"),
+        attempts=raw["attempts"], started_at=raw.get("started_at"),
+        finished_at=raw.get("finished_at"), error=raw["error"], result=raw["result"],
     )
 
 
@@ -112,6 +115,7 @@ class FileStateStore:
                 offset=new, epoch=epoch, updated_at=now,
                 expires_at=None if done else (expires_at or info.expires_at),
                 state=UploadState.COMPLETED if done else UploadState.UPLOADING,
+                completed_at=now if done else None,
             )
             await self._write(info)
             return info
@@ -126,10 +130,12 @@ class FileStateStore:
             if size < info.offset:
                 raise InvalidTransition("length below offset")
             done = info.state is UploadState.UPLOADING and info.offset == size
+            now = time.time()
             info = info.evolve(
-                size=size, epoch=epoch, updated_at=time.time(),
+                size=size, epoch=epoch, updated_at=now,
                 state=UploadState.COMPLETED if done else info.state,
                 expires_at=None if done else info.expires_at,
+                completed_at=now if done else info.completed_at,
             )
             await self._write(info)
             return info

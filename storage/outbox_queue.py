@@ -46,6 +46,9 @@ class OutboxQueue:
     async def ack(self, job: Job) -> None:
         pass  # the record's state (processed/failed) is the acknowledgement
 
+    async def requeue(self, upload_id: str) -> None:
+        await self.notify(upload_id)  # the record's state=completed is the durable part
+
     async def extend(self, job: Job) -> None:
         pass  # one worker per process: nobody else could take the job
 

@@ -16,21 +16,22 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from storage import Backend, Processor, StorageUnavailable, embedded_backend
+from storage import Backend, FinalFiles, Processor, StorageUnavailable, embedded_backend
 
 from . import logs
-from .completion import LoggingProcessor, run_worker
+from .completion import start_processing
 from .context import TusContext
 from .cors import CORSMiddleware, OriginPolicy
 from .errors import TusError
 from .expiry import run_sweeper
-from .handlers.api import upload_list, upload_status
+from .handlers.api import reprocess, thumbnail, upload_list, upload_status
 from .handlers.delete import delete
 from .handlers.get import get
 from .handlers.head import head
 from .handlers.options import options
 from .handlers.patch import patch
 from .handlers.post import post
+from .pipeline import FinalizeProcessor
 from .protocol import TUS_VERSION
 from .settings import Settings
 
@@ -116,18 +117,16 @@ def create_app(
     settings: Settings, backend: Backend | None = None, processor: Processor | None = None,
 ) -> Starlette:
     backend = backend or embedded_backend(settings.upload_dir)
-    ctx = TusContext(settings, backend)
-    processor = processor or LoggingProcessor()
+    final = FinalFiles(settings.final_root)
+    ctx = TusContext(settings, backend, final)
+    processor = processor or FinalizeProcessor(settings, final)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
-            recovered = await backend.queue.recover(backend.state)
-            if recovered:
-                logs.event("completion.recovered", count=recovered)
             for service in backend.services:
                 tg.start_soon(service)
-            tg.start_soon(run_worker, backend, processor, settings)
+            await start_processing(tg, backend, processor, settings)
             if settings.expiration > 0:
                 tg.start_soon(run_sweeper, ctx)
             yield
@@ -146,6 +145,8 @@ def create_app(
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/api/uploads", upload_list, methods=["GET"]),
         Route("/api/uploads/{upload_id}", upload_status, methods=["GET"]),
+        Route("/api/uploads/{upload_id}/thumbnails/{name}", thumbnail, methods=["GET"]),
+        Route("/api/uploads/{upload_id}/reprocess", reprocess, methods=["POST"]),
     ]
     if settings.dashboard:
         routes += [

@@ -1,4 +1,4 @@
-"""`tusd-py serve`: every flag also readable from TUSD_PY_<FLAG>."""
+"""`tusd-py serve | worker | thumbnail`: every flag also readable from TUSD_PY_<FLAG>."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from . import logs
 from .settings import Settings
 
 _DEFAULTS = Settings()
+_ENV_HELP = ("Each flag can also be set with the environment variable TUSD_PY_<FLAG> "
+             "(e.g. TUSD_PY_PORT=8080); the command line wins.")
 
 
 def _env(name: str, default: Any, convert: Callable[[str], Any] = str) -> Any:
@@ -26,26 +28,70 @@ def _bool(raw: str) -> bool:
     return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _sizes(raw: str) -> list[int]:
+    return [int(s) for s in raw.replace(",", " ").split()]
+
+
+def _add_storage_flags(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--upload-dir", type=Path, default=_env("upload-dir", _DEFAULTS.upload_dir, Path),
+        help="where partial files and upload state are stored")
+    add("--redis-url", default=_env("redis-url", None),
+        help="keep upload state, locks and completion jobs in Redis so several instances "
+             "can share one upload dir: redis://host:6379/0, rediss://..., unix:///path, or "
+             "redis+sentinel://host1:26379,host2:26379/mymaster (default: embedded, no Redis)")
+    add("--expiration", type=float, default=_env("expiration", _DEFAULTS.expiration, float),
+        help="seconds of inactivity after which an unfinished upload is removed (0 = never)")
+
+
+def _add_processing_flags(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--final-dir", type=Path, default=_env("final-dir", None, Path),
+        help="where finished uploads are placed as <namespace>/<id>/<filename> "
+             "(default: <upload-dir>/final)")
+    add("--namespace-key", default=_env("namespace-key", _DEFAULTS.namespace_key),
+        help="metadata key whose value names the namespace folder (missing: 'default')")
+    add("--processors", type=int, default=_env("processors", _DEFAULTS.processors, int),
+        help="completed uploads processed at once by this process")
+    add("--thumbnail-size", type=int, action="append", dest="thumbnail_sizes",
+        default=None, help=f"longest side of a thumbnail in px; repeat for several "
+        f"(default: {' '.join(map(str, _DEFAULTS.thumbnail_sizes))}; env: space-separated)")
+    add("--thumbnail-format", choices=["jpeg", "webp"],
+        default=_env("thumbnail-format", _DEFAULTS.thumbnail_format))
+    add("--processing-timeout", type=float,
+        default=_env("processing-timeout", _DEFAULTS.processing_timeout, float),
+        help="seconds one image job may take (enforced in its child process)")
+    add("--processing-memory-mb", type=int,
+        default=_env("processing-memory-mb", _DEFAULTS.processing_memory_mb, int),
+        help="address-space limit of an image job's child process")
+    add("--processing-attempts", type=int,
+        default=_env("processing-attempts", _DEFAULTS.processing_attempts, int),
+        help="attempts before a failing job is dead-lettered and the upload marked failed")
+
+
+def _add_log_flags(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--log-level", default=_env("log-level", _DEFAULTS.log_level),
+        choices=["debug", "info", "warning", "error"], help="log level")
+    add("--log-format", default=_env("log-format", _DEFAULTS.log_format),
+        choices=["text", "json"], help="one line per event, as text or JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tusd-py", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tusd-py", description="A tus 1.0 upload server.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser(
-        "serve", help="run the tus server",
-        description="Run the tus 1.0 server. Each flag can also be set with the "
-                    "environment variable TUSD_PY_<FLAG> (e.g. TUSD_PY_PORT=8080).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    serve = commands.add_parser("serve", help="run the tus server (and its processors)",
+                                description="Run the tus 1.0 server. " + _ENV_HELP,
+                                formatter_class=fmt)
     add = serve.add_argument
     add("--host", default=_env("host", _DEFAULTS.host), help="address to listen on")
     add("--port", type=int, default=_env("port", _DEFAULTS.port, int), help="TCP port")
     add("--base-path", default=_env("base-path", _DEFAULTS.base_path),
         help="URL path of the upload endpoint")
-    add("--upload-dir", type=Path, default=_env("upload-dir", _DEFAULTS.upload_dir, Path),
-        help="where partial files and upload state are stored")
     add("--max-size", type=int, default=_env("max-size", _DEFAULTS.max_size, int),
         help="largest upload in bytes, advertised as Tus-Max-Size (0 = unlimited)")
-    add("--expiration", type=float, default=_env("expiration", _DEFAULTS.expiration, float),
-        help="seconds of inactivity after which an unfinished upload is removed (0 = never)")
     add("--cors-origins", default=_env("cors-origins", _DEFAULTS.cors_origins),
         help="allowed browser origins: '*', a comma-separated list, or 're:<regex>'")
     add("--behind-proxy", action="store_true",
@@ -57,27 +103,55 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lock-timeout", type=float,
         default=_env("lock-timeout", _DEFAULTS.lock_timeout, float),
         help="seconds a request waits for a busy upload before answering 423")
-    add("--redis-url", default=_env("redis-url", None),
-        help="keep upload state, locks and completion jobs in Redis so several instances "
-             "can share one upload dir: redis://host:6379/0, rediss://..., unix:///path, or "
-             "redis+sentinel://host1:26379,host2:26379/mymaster (default: embedded, no Redis)")
     add("--no-dashboard", dest="dashboard", action="store_false",
         default=_env("dashboard", True, _bool), help="do not serve the upload page at /")
-    add("--log-level", default=_env("log-level", _DEFAULTS.log_level),
-        choices=["debug", "info", "warning", "error"], help="log level")
-    add("--log-format", default=_env("log-format", _DEFAULTS.log_format),
-        choices=["text", "json"], help="one line per event, as text or JSON")
+    add("--no-processing", dest="processing", action="store_false",
+        default=_env("processing", True, _bool),
+        help="do not process completed uploads here (run `tusd-py worker` instead)")
+    _add_storage_flags(serve)
+    _add_processing_flags(serve)
+    _add_log_flags(serve)
+
+    worker = commands.add_parser(
+        "worker", formatter_class=fmt,
+        help="process completed uploads without serving HTTP (needs --redis-url)",
+        description="Run processors only, so they scale apart from the servers. " + _ENV_HELP)
+    _add_storage_flags(worker)
+    _add_processing_flags(worker)
+    _add_log_flags(worker)
+
+    thumb = commands.add_parser(
+        "thumbnail", help="make thumbnails of one image exactly as the processor does",
+        description="Write thumbnails of PATH into --out and print the image metadata as "
+                    "JSON. Exit code 2 and a one-line reason on bad input.")
+    thumb.add_argument("path", type=Path)
+    thumb.add_argument("--out", type=Path, required=True)
+    thumb.add_argument("--size", type=int, action="append", dest="sizes")
+    thumb.add_argument("--format", choices=["jpeg", "webp"], default="jpeg")
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    sizes = args.thumbnail_sizes or _env("thumbnail-sizes", list(_DEFAULTS.thumbnail_sizes),
+                                         _sizes)
+    serving = args.command == "serve"
     return Settings(
-        host=args.host, port=args.port, base_path=args.base_path,
-        upload_dir=args.upload_dir.resolve(), max_size=args.max_size,
-        expiration=args.expiration, cors_origins=args.cors_origins,
-        behind_proxy=args.behind_proxy, network_timeout=args.network_timeout,
-        lock_timeout=args.lock_timeout, log_level=args.log_level, log_format=args.log_format,
-        redis_url=args.redis_url or None, dashboard=args.dashboard,
+        upload_dir=args.upload_dir.resolve(), redis_url=args.redis_url or None,
+        expiration=args.expiration,
+        final_dir=args.final_dir.resolve() if args.final_dir else None,
+        namespace_key=args.namespace_key,
+        processors=args.processors if (not serving or args.processing) else 0,
+        thumbnail_sizes=tuple(sizes), thumbnail_format=args.thumbnail_format,
+        processing_timeout=args.processing_timeout,
+        processing_memory_mb=args.processing_memory_mb,
+        processing_attempts=args.processing_attempts,
+        log_level=args.log_level, log_format=args.log_format,
+        **({
+            "host": args.host, "port": args.port, "base_path": args.base_path,
+            "max_size": args.max_size, "cors_origins": args.cors_origins,
+            "behind_proxy": args.behind_proxy, "network_timeout": args.network_timeout,
+            "lock_timeout": args.lock_timeout, "dashboard": args.dashboard,
+        } if serving else {}),
     )
 
 
@@ -111,18 +185,22 @@ def check_redis(url: str) -> str | None:
     return None
 
 
-def serve(settings: Settings) -> None:
-    import uvicorn
-
-    from .app import create_app
-
-    logs.configure(settings.log_level, settings.log_format)
+def _require_redis(settings: Settings) -> None:
     if settings.redis_url:
         problem = check_redis(settings.redis_url)
         if problem:
             print(f"tusd-py: cannot reach Redis at {settings.redis_url}: {problem}",
                   file=sys.stderr)
             raise SystemExit(2)
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from .app import create_app
+
+    logs.configure(settings.log_level, settings.log_format)
+    _require_redis(settings)
     app = create_app(settings, build_backend(settings))
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None,
@@ -134,14 +212,53 @@ def serve(settings: Settings) -> None:
     logs.event("server.listening", url=f"http://{host}:{settings.port}{settings.base_path}",
                upload_dir=str(settings.upload_dir), max_size=settings.max_size,
                state="redis" if settings.redis_url else "embedded",
-               expiration=settings.expiration)
+               expiration=settings.expiration, processors=settings.processors)
     uvicorn.Server(config).run()
+
+
+def work(settings: Settings) -> None:
+    import anyio
+
+    from storage import FinalFiles
+
+    from .completion import start_processing
+    from .pipeline import FinalizeProcessor
+
+    logs.configure(settings.log_level, settings.log_format)
+    if not settings.redis_url:
+        # The embedded store's locks live inside the server process: a second process
+        # writing the same .info files could lose updates.
+        print("tusd-py: `worker` needs --redis-url (the embedded store is one process)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    _require_redis(settings)
+    backend = build_backend(settings)
+    processor = FinalizeProcessor(settings, FinalFiles(settings.final_root))
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            for service in backend.services:
+                tg.start_soon(service)
+            logs.event("worker.started", processors=settings.processors)
+            await start_processing(tg, backend, processor, settings)
+
+    anyio.run(run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "thumbnail":
+        from thumbnailer.cli import main as thumbnail_main
+
+        forwarded = [str(args.path), "--out", str(args.out), "--format", args.format]
+        for size in args.sizes or []:
+            forwarded += ["--size", str(size)]
+        return thumbnail_main(forwarded)
+    settings = settings_from_args(args)
     if args.command == "serve":
-        serve(settings_from_args(args))
+        serve(settings)
+    else:
+        work(settings)
     return 0
 
 

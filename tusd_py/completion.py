@@ -10,36 +10,28 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from storage import (
     Backend,
     CompletionQueue,
     InvalidTransition,
     Job,
+    PermanentProcessingError,
     Processor,
     StorageError,
-    UploadInfo,
     UploadState,
 )
 from storage.outbox_queue import PENDING
 
 from . import logs
+from .protocol import metadata_text
 from .settings import Settings
 
 _PROCESSING = frozenset({UploadState.PROCESSING})
 EXTEND_EVERY = 30.0  # well below the Redis queue's reclaim idle time
-
-
-class LoggingProcessor:
-    """Placeholder processor: records that the upload was finalized, touches nothing."""
-
-    async def process(self, info: UploadInfo, data: Any) -> Mapping[str, Any]:
-        logs.event("processor.noop", info.id, size=info.size)
-        return {"processor": "noop"}
 
 
 async def process_job(backend: Backend, processor: Processor, settings: Settings,
@@ -51,12 +43,14 @@ async def process_job(backend: Backend, processor: Processor, settings: Settings
             await queue.ack(job)  # already done (a duplicate delivery) or not ours
             return
         info = await state.transition(upload_id, UploadState.PROCESSING, expect=PENDING,
-                                      attempts=info.attempts + 1)
+                                      attempts=info.attempts + 1, started_at=time.time(),
+                                      finished_at=None)
     except (StorageError, InvalidTransition) as exc:
         logs.event("processing.skipped", upload_id, level=logging.WARNING, error=str(exc))
         await queue.ack(job)
         return
-    logs.event("processing.started", upload_id, attempt=info.attempts, size=info.size)
+    logs.event("processing.started", upload_id, attempt=info.attempts, size=info.size,
+               filetype=metadata_text(info.metadata, "filetype"))
     started = time.monotonic()
     try:
         async with anyio.create_task_group() as tg:
@@ -66,23 +60,25 @@ async def process_job(backend: Backend, processor: Processor, settings: Settings
     except Exception as exc:
         if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]
-        error = f"{type(exc).__name__}: {exc}"
-        if info.attempts >= settings.processing_attempts:
+        permanent = isinstance(exc, PermanentProcessingError)
+        error = str(exc) if permanent else f"{type(exc).__name__}: {exc}"
+        if permanent or info.attempts >= settings.processing_attempts:
             await state.transition(upload_id, UploadState.FAILED, expect=_PROCESSING,
-                                   error=error)
+                                   error=error, finished_at=time.time())
             await queue.dead(job, error)
             logs.event("processing.failed", upload_id, level=logging.ERROR, error=error,
-                       attempt=info.attempts, final=True)
+                       attempt=info.attempts, will_retry=False,
+                       exc_type=type(exc).__name__)
             return
         delay = settings.processing_backoff * 2 ** (info.attempts - 1)
         await state.transition(upload_id, UploadState.COMPLETED, expect=_PROCESSING,
                                error=error)
         await queue.retry(job, delay)
         logs.event("processing.failed", upload_id, level=logging.WARNING, error=error,
-                   attempt=info.attempts, retry_in=delay)
+                   attempt=info.attempts, will_retry=True, retry_in=delay)
         return
     await state.transition(upload_id, UploadState.PROCESSED, expect=_PROCESSING,
-                           result=dict(result), error=None)
+                           result=dict(result), error=None, finished_at=time.time())
     await queue.ack(job)
     logs.event("processing.done", upload_id, seconds=round(time.monotonic() - started, 3))
 
@@ -92,6 +88,18 @@ async def _keep_claimed(queue: CompletionQueue, job: Job) -> None:
     while True:
         await anyio.sleep(EXTEND_EVERY)
         await queue.extend(job)
+
+
+async def start_processing(tg: TaskGroup, backend: Backend, processor: Processor,
+                           settings: Settings) -> None:
+    """Re-queue what a crash left behind, then run `settings.processors` workers."""
+    if settings.processors <= 0:
+        return
+    recovered = await backend.queue.recover(backend.state)
+    if recovered:
+        logs.event("processing.recovered", count=recovered)
+    for _ in range(settings.processors):
+        tg.start_soon(run_worker, backend, processor, settings)
 
 
 async def run_worker(backend: Backend, processor: Processor, settings: Settings) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import anyio.to_thread
 from starlette.requests import Request
 
-from storage import Backend, UploadInfo, UploadNotFound, UploadState, is_valid_upload_id
+from storage import Backend, FinalFiles, UploadInfo, UploadNotFound, UploadState, is_valid_upload_id
 
 from . import logs
 from .concat import finish_waiting_finals
@@ -21,6 +22,16 @@ from .settings import Settings
 class TusContext:
     settings: Settings
     backend: Backend
+    final: FinalFiles
+
+    async def read_output(self, relative: str) -> bytes | None:
+        return await anyio.to_thread.run_sync(self.final.read_output, relative)
+
+    async def discard_outputs(self, info: UploadInfo) -> None:
+        """Termination frees the finalized copy and thumbnails too."""
+        if info.result and info.result.get("file"):
+            namespace = info.result["file"]["path"].split("/", 1)[0]
+            await anyio.to_thread.run_sync(self.final.remove, namespace, info.id)
 
     @property
     def extensions(self) -> list[str]:

@@ -27,8 +27,19 @@ class Settings:
     write_buffer_bytes: int = 4 << 20  # body chunks are coalesced to this before pwritev
     sweep_interval: float = 60.0
     tombstone_seconds: float = 7 * 24 * 3600.0  # how long terminated/expired ids answer 410
+    final_dir: Path | None = None  # default <upload_dir>/final
+    namespace_key: str = "project"  # metadata key naming the final folder
+    processors: int = 1  # concurrent processing jobs in this process (0 = none)
+    thumbnail_sizes: tuple[int, ...] = (256, 1024)
+    thumbnail_format: str = "jpeg"
+    processing_timeout: float = 300.0  # per image job, enforced in its child process
+    processing_memory_mb: int = 1024
     processing_attempts: int = 5  # then the job is dead-lettered and the upload marked failed
     processing_backoff: float = 1.0  # seconds before the first retry; doubles each time
+
+    @property
+    def final_root(self) -> Path:
+        return self.final_dir or self.upload_dir / "final"
 
     def __post_init__(self) -> None:
         base = "/" + self.base_path.strip("/") + "/"

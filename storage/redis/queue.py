@@ -67,6 +67,11 @@ class RedisStreamQueue:
                 await anyio.lowlevel.checkpoint()
         return self._buffer.pop(0)
 
+    async def requeue(self, upload_id: str) -> None:
+        await self._ensure_group()
+        async with unavailable_on_outage():
+            await self.conn.client.xadd(STREAM, {"id": upload_id})
+
     async def ack(self, job: Job) -> None:
         async with unavailable_on_outage():
             await self.conn.client.xack(STREAM, GROUP, job.token)

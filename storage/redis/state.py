@@ -43,8 +43,8 @@ def _encode(name: str, value: Any) -> str:
 def _fields(info: UploadInfo) -> list[str]:
     flat: list[str] = []
     for name in ("id", "size", "offset", "metadata", "state", "epoch", "created_at",
-                 "updated_at", "expires_at", "partial", "parts", "attempts", "error",
-                 "result"):
+                 "updated_at", "expires_at", "partial", "parts", "completed_at", "attempts",
+                 "started_at", "finished_at", "error", "result"):
         flat += [name, _encode(name, getattr(info, name))]
     return flat
 
@@ -61,7 +61,9 @@ def _decode(raw: dict[bytes, bytes]) -> UploadInfo:
         epoch=int(h["epoch"] or 0), created_at=float(h["created_at"]),
         updated_at=float(h["updated_at"]), expires_at=opt_float("expires_at"),
         partial=h["partial"] == "1", parts=tuple(json.loads(h["parts"])),
-        attempts=int(h["attempts"] or 0), error=h["error"] or None,
+        completed_at=opt_float("completed_at"), attempts=int(h["attempts"] or 0),
+        started_at=opt_float("started_at"), finished_at=opt_float("finished_at"),
+        error=h["error"] or None,
         result=json.loads(h["result"]) if h.get("result") else None,
     )
 

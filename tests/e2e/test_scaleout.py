@@ -344,7 +344,7 @@ def test_redis_restart_mid_upload(
 ) -> None:
     if redis_server.external_url:
         pytest.skip("needs our own redis-server to stop and restart")
-    a, b = cluster(start_server, redis_url, tmp_path / "shared", 2)
+    a, b = cluster(start_server, redis_url, tmp_path / "shared", 2, "--network-timeout", "10")
     data = Pattern(16 * MiB, seed="redis-restart")
     half = data.size // 2
     url = create_upload(a, data.size)
@@ -361,6 +361,7 @@ def test_redis_restart_mid_upload(
         assert_unavailable("HEAD", on(a, url), headers=TUS)
         assert_unavailable("HEAD", on(b, url), headers=TUS)
         assert_unavailable("POST", a.url, headers={**TUS, "Upload-Length": "10"})
+        time.sleep(1.5)  # long enough for every background loop to notice the outage
         for s in (a, b):
             assert s.proc is not None and s.proc.poll() is None, "an instance died"
     finally:
@@ -377,12 +378,44 @@ def test_redis_restart_mid_upload(
     assert int(r_head.headers["Upload-Offset"]) == half
     assert head_offset(on(a, url)) == half
 
-    finish(on(a, url), data, half)
+    problems: list[str] = []
+    # After the outage the instances must again hear release requests: a half-open PATCH
+    # on A is stopped (423) as soon as B asks for the upload, as before the outage.
+    time.sleep(1.0)  # heartbeats are re-set every second
+    old = RawConn(on(a, url))
+    old.start_patch(half, data.size - half)
+    assert old.send_chunks(data.chunks(half, half + 2 * MiB)) == 2 * MiB
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    offset = head_offset(on(b, url))
+    print(f"after the restart: HEAD on B behind A's half-open PATCH in "
+          f"{time.monotonic() - t0:.2f}s, offset {offset}")
+    assert half <= offset <= half + 2 * MiB, offset
+    try:
+        r_old = old.read_response(timeout=3)
+        if r_old.status != 423:
+            problems.append(f"A's taken-over PATCH answered {r_old.status}, not 423")
+    except TimeoutError:
+        problems.append("A's half-open PATCH was not stopped when B took the upload over "
+                        "(A no longer hears release requests after the Redis outage)")
+    old.close()
+
+    finish(on(a, url), data, head_offset(on(a, url)))
     assert_stored([a, b], url, data)
-    info = wait_state(a, url, {"processed"}, timeout=15)
-    assert info["offset"] == data.size, info
-    time.sleep(1.0)
-    assert_processed_once([a, b], url)
+    try:
+        info = wait_state(a, url, {"processed"}, timeout=15)
+        assert info["offset"] == data.size, info
+        time.sleep(1.0)
+        assert_processed_once([a, b], url)
+    except AssertionError as exc:
+        problems.append(f"completion after the outage: {exc}")
+
+    import redis
+
+    alive = redis.Redis.from_url(redis_url).keys("tus:instance:*")
+    if len(alive) != 2:
+        problems.append(f"{len(alive)} of 2 instances heart-beat after the outage: {alive}")
+    assert not problems, "after a Redis restart:\n" + "\n".join(problems)
 
 
 # ------------------------------------------------------------ 7. startup without Redis

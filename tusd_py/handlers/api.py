@@ -1,43 +1,114 @@
-"""A small JSON view of uploads for dashboards and operators."""
+"""JSON views of uploads for the dashboard, operators and other tooling."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
-from storage import UploadInfo, UploadNotFound, is_valid_upload_id
+from storage import InvalidTransition, UploadInfo, UploadNotFound, UploadState, is_valid_upload_id
 
-from ..context import get_context
+from .. import logs
+from ..context import TusContext, get_context
 from ..errors import TusError
 from ..protocol import decoded_metadata
 
+MAX_PAGE = 500
+_THUMB_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
+                "png": "image/png"}
 
-def upload_json(info: UploadInfo) -> dict[str, Any]:
+
+def upload_json(ctx: TusContext, info: UploadInfo) -> dict[str, Any]:
+    result = dict(info.result or {})
+    thumbs = [
+        {"name": t["name"], "width": t.get("width"), "height": t.get("height"),
+         "url": f"/api/uploads/{info.id}/thumbnails/{t['name']}"}
+        for t in result.get("thumbnails") or []
+    ]
     return {
-        "id": info.id, "size": info.size, "offset": info.offset, "state": info.state.value,
+        "id": info.id, "url": f"{ctx.settings.base_path}{info.id}",
+        "state": info.state.value, "size": info.size, "offset": info.offset,
         "metadata": decoded_metadata(info.metadata), "partial": info.partial,
         "parts": list(info.parts), "created_at": info.created_at,
-        "updated_at": info.updated_at, "expires_at": info.expires_at,
-        "attempts": info.attempts, "error": info.error, "result": info.result,
+        "updated_at": info.updated_at, "completed_at": info.completed_at,
+        "expires_at": info.expires_at,
+        "processing": {"attempts": info.attempts, "error": info.error,
+                       "started_at": info.started_at, "finished_at": info.finished_at},
+        "file": result.get("file"), "image": result.get("image"), "thumbnails": thumbs,
     }
+
+
+async def _load(ctx: TusContext, upload_id: str) -> UploadInfo:
+    if not is_valid_upload_id(upload_id):
+        raise TusError.not_found()
+    try:
+        return await ctx.backend.state.get(upload_id)
+    except UploadNotFound:
+        raise TusError.not_found() from None
 
 
 async def upload_status(request: Request) -> JSONResponse:
     ctx = get_context(request)
-    upload_id = request.path_params["upload_id"]
-    if not is_valid_upload_id(upload_id):
-        raise TusError.not_found()
-    try:
-        info = await ctx.backend.state.get(upload_id)
-    except UploadNotFound:
-        raise TusError.not_found() from None
-    return JSONResponse(upload_json(info), headers={"Cache-Control": "no-store"})
+    info = await _load(ctx, request.path_params["upload_id"])
+    return JSONResponse(upload_json(ctx, info), headers={"Cache-Control": "no-store"})
 
 
 async def upload_list(request: Request) -> JSONResponse:
+    """Newest first; `cursor` is the `next_cursor` of the previous page."""
     ctx = get_context(request)
-    uploads = sorted(await ctx.backend.state.scan(), key=lambda i: i.created_at, reverse=True)
-    return JSONResponse({"uploads": [upload_json(i) for i in uploads[:500]]},
-                        headers={"Cache-Control": "no-store"})
+    params = request.query_params
+    try:
+        limit = min(int(params.get("limit", "100")), MAX_PAGE)
+        states = (frozenset(UploadState(s) for s in params["state"].split(","))
+                  if params.get("state") else None)
+    except ValueError:
+        raise TusError(400, "ERR_INVALID_QUERY", "limit must be a number, state one of "
+                       + ", ".join(s.value for s in UploadState)) from None
+    uploads = sorted(await ctx.backend.state.scan(states),
+                     key=lambda i: (i.created_at, i.id), reverse=True)
+    if cursor := params.get("cursor"):
+        at, _, last_id = cursor.partition("~")
+        key = (float(at), last_id)
+        uploads = [i for i in uploads if (i.created_at, i.id) < key]
+    page = uploads[:limit]
+    next_cursor = (f"{page[-1].created_at!r}~{page[-1].id}"
+                   if len(uploads) > limit and page else None)
+    return JSONResponse({"uploads": [upload_json(ctx, i) for i in page],
+                         "next_cursor": next_cursor}, headers={"Cache-Control": "no-store"})
+
+
+async def thumbnail(request: Request) -> Response:
+    ctx = get_context(request)
+    info = await _load(ctx, request.path_params["upload_id"])
+    name = request.path_params["name"]
+    thumbs = {t["name"]: t for t in (info.result or {}).get("thumbnails") or []}
+    if name not in thumbs:
+        raise TusError(404, "ERR_THUMBNAIL_NOT_FOUND", "no such thumbnail")
+    body = await ctx.read_output(thumbs[name]["path"])
+    if body is None:
+        raise TusError(404, "ERR_THUMBNAIL_NOT_FOUND", "thumbnail file is missing")
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=3600"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    media = _THUMB_TYPES.get(name.rsplit(".", 1)[-1].lower(), "application/octet-stream")
+    return Response(body, media_type=media, headers=headers)
+
+
+async def reprocess(request: Request) -> JSONResponse:
+    ctx = get_context(request)
+    upload_id = request.path_params["upload_id"]
+    await _load(ctx, upload_id)
+    try:
+        info = await ctx.backend.state.transition(
+            upload_id, UploadState.COMPLETED,
+            expect=frozenset({UploadState.PROCESSED, UploadState.FAILED}),
+            attempts=0, error=None)
+    except InvalidTransition as exc:
+        raise TusError(409, "ERR_NOT_REPROCESSABLE",
+                       f"only processed or failed uploads can be reprocessed ({exc})") from None
+    await ctx.backend.queue.requeue(upload_id)
+    logs.event("processing.requeued", upload_id)
+    return JSONResponse(upload_json(ctx, info), status_code=202)

@@ -24,6 +24,7 @@ async def delete(request: Request) -> Response:
                                            timeout=ctx.settings.lock_timeout):
             info = await ctx.load(upload_id)
             await ctx.backend.data.delete(upload_id)
+            await ctx.discard_outputs(info)
             try:
                 await ctx.backend.state.transition(upload_id, UploadState.TERMINATED,
                                                    expect=_DELETABLE)

@@ -11,7 +11,7 @@ local size = tonumber(h[2])
 if size and new > size then return {-413} end
 redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'updated_at', ARGV[4], 'epoch', ARGV[1])
 if size and new == size then
-  redis.call('HSET', KEYS[1], 'state', 'completed', 'expires_at', '')
+  redis.call('HSET', KEYS[1], 'state', 'completed', 'expires_at', '', 'completed_at', ARGV[4])
   redis.call('ZREM', KEYS[4], ARGV[6])
   if h[4] ~= '1' then redis.call('XADD', KEYS[3], '*', 'id', ARGV[6]) end
   return {2}

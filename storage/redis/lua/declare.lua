@@ -8,7 +8,7 @@ if h[2] ~= '' and h[2] ~= ARGV[2] then return {-400, 'length already declared'} 
 if tonumber(ARGV[2]) < tonumber(h[1]) then return {-400, 'length below offset'} end
 redis.call('HSET', KEYS[1], 'size', ARGV[2], 'updated_at', ARGV[3])
 if h[3] == 'uploading' and h[1] == ARGV[2] then
-  redis.call('HSET', KEYS[1], 'state', 'completed', 'expires_at', '')
+  redis.call('HSET', KEYS[1], 'state', 'completed', 'expires_at', '', 'completed_at', ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[4])
   if h[4] ~= '1' then redis.call('XADD', KEYS[3], '*', 'id', ARGV[4]) end
   return {2}
