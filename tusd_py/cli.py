@@ -64,6 +64,9 @@ def _add_processing_flags(parser: argparse.ArgumentParser) -> None:
     add("--processing-memory-mb", type=int,
         default=_env("processing-memory-mb", _DEFAULTS.processing_memory_mb, int),
         help="address-space limit of an image job's child process")
+    add("--hooks-http", default=_env("hooks-http", None),
+        help="URL called (POST, tusd v2 HTTP-hook JSON, type post-finish) after each upload "
+             "is processed or finally fails; retried with backoff")
     add("--processing-attempts", type=int,
         default=_env("processing-attempts", _DEFAULTS.processing_attempts, int),
         help="attempts before a failing job is dead-lettered and the upload marked failed")
@@ -144,7 +147,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         thumbnail_sizes=tuple(sizes), thumbnail_format=args.thumbnail_format,
         processing_timeout=args.processing_timeout,
         processing_memory_mb=args.processing_memory_mb,
-        processing_attempts=args.processing_attempts,
+        processing_attempts=args.processing_attempts, hooks_http=args.hooks_http or None,
         log_level=args.log_level, log_format=args.log_format,
         **({
             "host": args.host, "port": args.port, "base_path": args.base_path,

@@ -27,15 +27,17 @@ from storage import (
 from storage.outbox_queue import PENDING
 
 from . import logs
+from .hooks import HttpHook
 from .protocol import metadata_text
 from .settings import Settings
+from .views import upload_json
 
 _PROCESSING = frozenset({UploadState.PROCESSING})
 EXTEND_EVERY = 30.0  # well below the Redis queue's reclaim idle time
 
 
 async def process_job(backend: Backend, processor: Processor, settings: Settings,
-                      job: Job) -> None:
+                      job: Job, hook: HttpHook | None = None) -> None:
     state, queue, upload_id = backend.state, backend.queue, job.upload_id
     try:
         info = await state.get(upload_id)
@@ -69,6 +71,7 @@ async def process_job(backend: Backend, processor: Processor, settings: Settings
             logs.event("processing.failed", upload_id, level=logging.ERROR, error=error,
                        attempt=info.attempts, will_retry=False,
                        exc_type=type(exc).__name__)
+            await _notify(backend, settings, hook, upload_id)
             return
         delay = settings.processing_backoff * 2 ** (info.attempts - 1)
         await state.transition(upload_id, UploadState.COMPLETED, expect=_PROCESSING,
@@ -81,6 +84,14 @@ async def process_job(backend: Backend, processor: Processor, settings: Settings
                            result=dict(result), error=None, finished_at=time.time())
     await queue.ack(job)
     logs.event("processing.done", upload_id, seconds=round(time.monotonic() - started, 3))
+    await _notify(backend, settings, hook, upload_id)
+
+
+async def _notify(backend: Backend, settings: Settings, hook: HttpHook | None,
+                  upload_id: str) -> None:
+    if hook is not None:
+        info = await backend.state.get(upload_id)
+        await hook.post_finish(info, upload_json(settings.base_path, info))
 
 
 async def _keep_claimed(queue: CompletionQueue, job: Job) -> None:
@@ -98,16 +109,18 @@ async def start_processing(tg: TaskGroup, backend: Backend, processor: Processor
     recovered = await backend.queue.recover(backend.state)
     if recovered:
         logs.event("processing.recovered", count=recovered)
+    hook = HttpHook(settings.hooks_http) if settings.hooks_http else None
     for _ in range(settings.processors):
-        tg.start_soon(run_worker, backend, processor, settings)
+        tg.start_soon(run_worker, backend, processor, settings, hook)
 
 
-async def run_worker(backend: Backend, processor: Processor, settings: Settings) -> None:
+async def run_worker(backend: Backend, processor: Processor, settings: Settings,
+                     hook: HttpHook | None = None) -> None:
     """Runs for the server's lifetime; one failing upload never stops the loop."""
     while True:
         job = await backend.queue.receive()
         try:
-            await process_job(backend, processor, settings, job)
+            await process_job(backend, processor, settings, job, hook)
         except Exception:
             logging.getLogger(logs.LOGGER_NAME).exception(
                 "processing.crashed", extra={"fields": {"upload_id": job.upload_id}})

@@ -34,6 +34,7 @@ class Settings:
     thumbnail_format: str = "jpeg"
     processing_timeout: float = 300.0  # per image job, enforced in its child process
     processing_memory_mb: int = 1024
+    hooks_http: str | None = None  # post-finish webhook (tusd's HTTP hook JSON)
     processing_attempts: int = 5  # then the job is dead-lettered and the upload marked failed
     processing_backoff: float = 1.0  # seconds before the first retry; doubles each time
 

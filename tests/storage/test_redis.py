@@ -474,6 +474,22 @@ async def test_outage_raises_storage_unavailable_and_state_survives(
             assert done.offset == 10 and done.state is UploadState.COMPLETED
 
 
+async def test_idle_connections_survive_a_redis_restart(stoppable: RedisServer,
+                                                        redis_url: str) -> None:
+    """A restart the server never saw (no request during it) costs no failed request."""
+    async with instance(redis_url, "inst-a", services=False) as a:
+        info = await make(a.state)
+        async with anyio.create_task_group() as tg:  # several pooled connections
+            for _ in range(4):
+                tg.start_soon(a.state.get, info.id)
+        await anyio.to_thread.run_sync(stoppable.stop)
+        await anyio.to_thread.run_sync(stoppable.start)
+        with anyio.fail_after(15):
+            for _ in range(4):
+                assert (await a.state.get(info.id)).id == info.id
+            assert (await commit(a, info.id, 0, 2)).offset == 2
+
+
 async def test_services_survive_outage_and_drop_leases(stoppable: RedisServer,
                                                        redis_url: str, raw: Any) -> None:
     async with instance(redis_url, "inst-a", lease_seconds=1.5, heartbeat_seconds=1.0) as a:
@@ -489,6 +505,7 @@ async def test_services_survive_outage_and_drop_leases(stoppable: RedisServer,
                 assert asked.is_set()
                 await anyio.to_thread.run_sync(stoppable.start)
             # The heartbeat and the pub/sub listener came back by themselves.
+            await raw.connection_pool.disconnect()  # our own socket died with the server
             await raw.delete(HEARTBEAT_PREFIX + "inst-a")
             await services_up(raw, "inst-a")
 

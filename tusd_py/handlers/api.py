@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -13,31 +12,11 @@ from storage import InvalidTransition, UploadInfo, UploadNotFound, UploadState, 
 from .. import logs
 from ..context import TusContext, get_context
 from ..errors import TusError
-from ..protocol import decoded_metadata
+from ..views import upload_json
 
 MAX_PAGE = 500
 _THUMB_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
                 "png": "image/png"}
-
-
-def upload_json(ctx: TusContext, info: UploadInfo) -> dict[str, Any]:
-    result = dict(info.result or {})
-    thumbs = [
-        {"name": t["name"], "width": t.get("width"), "height": t.get("height"),
-         "url": f"/api/uploads/{info.id}/thumbnails/{t['name']}"}
-        for t in result.get("thumbnails") or []
-    ]
-    return {
-        "id": info.id, "url": f"{ctx.settings.base_path}{info.id}",
-        "state": info.state.value, "size": info.size, "offset": info.offset,
-        "metadata": decoded_metadata(info.metadata), "partial": info.partial,
-        "parts": list(info.parts), "created_at": info.created_at,
-        "updated_at": info.updated_at, "completed_at": info.completed_at,
-        "expires_at": info.expires_at,
-        "processing": {"attempts": info.attempts, "error": info.error,
-                       "started_at": info.started_at, "finished_at": info.finished_at},
-        "file": result.get("file"), "image": result.get("image"), "thumbnails": thumbs,
-    }
 
 
 async def _load(ctx: TusContext, upload_id: str) -> UploadInfo:
@@ -52,7 +31,8 @@ async def _load(ctx: TusContext, upload_id: str) -> UploadInfo:
 async def upload_status(request: Request) -> JSONResponse:
     ctx = get_context(request)
     info = await _load(ctx, request.path_params["upload_id"])
-    return JSONResponse(upload_json(ctx, info), headers={"Cache-Control": "no-store"})
+    return JSONResponse(upload_json(ctx.settings.base_path, info),
+                        headers={"Cache-Control": "no-store"})
 
 
 async def upload_list(request: Request) -> JSONResponse:
@@ -75,7 +55,7 @@ async def upload_list(request: Request) -> JSONResponse:
     page = uploads[:limit]
     next_cursor = (f"{page[-1].created_at!r}~{page[-1].id}"
                    if len(uploads) > limit and page else None)
-    return JSONResponse({"uploads": [upload_json(ctx, i) for i in page],
+    return JSONResponse({"uploads": [upload_json(ctx.settings.base_path, i) for i in page],
                          "next_cursor": next_cursor}, headers={"Cache-Control": "no-store"})
 
 
@@ -111,4 +91,4 @@ async def reprocess(request: Request) -> JSONResponse:
                        f"only processed or failed uploads can be reprocessed ({exc})") from None
     await ctx.backend.queue.requeue(upload_id)
     logs.event("processing.requeued", upload_id)
-    return JSONResponse(upload_json(ctx, info), status_code=202)
+    return JSONResponse(upload_json(ctx.settings.base_path, info), status_code=202)
