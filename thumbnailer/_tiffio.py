@@ -8,6 +8,7 @@ per-band TIFFs and, streaming, by the tests and the benchmark to generate large 
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ class Entry:
     byteorder: str
 
     def values(self) -> tuple[int | float, ...]:
-        size, code = TYPE_SIZES[self.type]
+        _size, code = TYPE_SIZES[self.type]
         if code is None:
             return tuple(self.raw)
         if self.type in (5, 10):
@@ -62,11 +63,11 @@ class Ifd:
             return default
         return tuple(int(v) for v in e.values())
 
-    def int(self, tag: int, default: int) -> int:
+    def num(self, tag: int, default: int) -> int:
         vals = self.ints(tag)
         return vals[0] if vals else default
 
-    def float(self, tag: int) -> float | None:
+    def real(self, tag: int) -> float | None:
         e = self.entries.get(tag)
         if e is None or e.count < 1:
             return None
@@ -250,7 +251,7 @@ class TiffWriter:
         fmt = bo + ("Q" if big else "I")
         self.fp.seek(8 if big else 4)
         self.fp.write(struct.pack(fmt, chain[0]))
-        for cur, nxt in zip(chain, chain[1:], strict=False):
+        for cur, nxt in itertools.pairwise(chain):
             self.fp.seek(self._next_fields[cur])
             self.fp.write(struct.pack(fmt, nxt))
         self.fp.seek(0, os.SEEK_END)

@@ -12,7 +12,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -45,14 +47,19 @@ RELEASED_CHANNEL = "tus:released"  # message: an upload id that was just unlocke
 HEARTBEAT_PREFIX = "tus:instance:"
 
 
+_RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
+
+
 def connect(url: str) -> aioredis.Redis:
     """redis://, rediss://, unix:// or redis+sentinel://[:pw@]h1:p1,h2:p2/master[/db]."""
     if url.startswith("redis+sentinel://"):
         parts = urlsplit(url)
         hosts = []
         for hostport in parts.netloc.rsplit("@", 1)[-1].split(","):
-            host, _, port = hostport.rpartition(":")
-            hosts.append((host or hostport, int(port or 26379)))
+            host, sep, port = hostport.rpartition(":")
+            if not sep:
+                host, port = hostport, ""
+            hosts.append((host, int(port or 26379)))
         path = [p for p in parts.path.split("/") if p]
         if not path:
             raise ValueError("a Sentinel URL needs the master name: redis+sentinel://h:p/name")
@@ -63,8 +70,10 @@ def connect(url: str) -> aioredis.Redis:
         master: aioredis.Redis = sentinel.master_for(path[0], db=db, password=password,
                                                      socket_timeout=10)
         return master
+    # A pooled connection that sat idle across a Redis restart fails once: retry it. Every
+    # write is a compare-and-set script, so a retry after a lost reply cannot apply twice.
     return aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
-                                   health_check_interval=15)
+                                   health_check_interval=15, retry=_RETRY)
 
 
 class RedisConnection:

@@ -62,7 +62,8 @@ class RedisLocker:
         interval = min(self.heartbeat_ms, self.lease_ms) / 3000
         while True:
             try:
-                await client.set(self._heartbeat_key, "1", px=self.heartbeat_ms)
+                async with unavailable_on_outage():
+                    await client.set(self._heartbeat_key, "1", px=self.heartbeat_ms)
                 for upload_id, held in list(self._held.items()):
                     renewed = await self.conn.run("renew", [lock_key(upload_id)],
                                                   [held.owner, self.lease_ms])

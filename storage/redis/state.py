@@ -135,7 +135,7 @@ class RedisStateStore:
         for name, value in fields.items():
             flat += [name, _encode(name, value)]
         result = await self.conn.run(
-            "transition", [info_key(upload_id), EXPIRY],
+            "transition", [info_key(upload_id), EXPIRY, epoch_key(upload_id)],
             [upload_id, to.value, ",".join(s.value for s in expect), self.tombstone_ms, *flat])
         if int(result[0]) == -404:
             raise UploadNotFound(upload_id)

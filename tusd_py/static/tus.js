@@ -189,7 +189,7 @@ export class TusUpload {
           const saved = this.stored()
           if (saved?.url) this.url = saved.url
           else await this._create(runId)
-          needHead = this.offset === 0 && saved?.url
+          needHead = Boolean(saved?.url)
         }
         if (needHead) {
           await this._head(runId)

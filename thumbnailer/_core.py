@@ -1,0 +1,333 @@
+"""make_thumbnails: metadata + thumbnails of any supported image with bounded memory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import struct
+import tempfile
+import threading
+import time
+import warnings
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ._reduce import Accumulator, normalise, split_reduce, to_output_mode
+from ._tiff import TiffDecoder, TiffError, choose_level, describe, levels, run_tasks
+from ._tiffio import TiffFormatError, read_structure
+
+log = logging.getLogger("thumbnailer")
+
+DEFAULT_SIZES = (256, 1024)
+DEFAULT_MAX_PIXELS = 1_000_000_000
+# Formats other than TIFF are decoded whole (JPEG after DCT scaling): cap the decoded size.
+FULL_DECODE_MAX_PIXELS = 64_000_000
+FORMATS = ("tiff", "jpeg", "png", "webp", "gif", "bmp")
+EXTENSIONS = {"jpeg": "jpg", "webp": "webp"}
+TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}
+
+
+class ImageError(Exception):
+    """Bad input: not an image, truncated, corrupt, over a limit. The message names the file."""
+
+
+def sniff(path: str | os.PathLike[str]) -> str | None:
+    """The image format from the file's magic bytes, or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+    except OSError:
+        return None
+    return sniff_bytes(head)
+
+
+def sniff_bytes(head: bytes) -> str | None:
+    if head[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+        return "tiff"
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:2] == b"BM" and len(head) >= 18:
+        (dib,) = struct.unpack("<I", head[14:18])
+        if dib in (12, 16, 40, 52, 56, 64, 108, 124):
+            return "bmp"
+    return None
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def target_size(w: int, h: int, n: int) -> tuple[int, int]:
+    """Fit (w, h) into n on the longest side; never upscale."""
+    longest = max(w, h)
+    if longest <= n:
+        return w, h
+    scale = n / longest
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def shrink_factor(w: int, h: int, tw: int, th: int) -> int:
+    """Integer pre-shrink factor leaving at least 2x for the final Lanczos."""
+    return max(1, int(min(w / tw, h / th) / 2))
+
+
+def _event(event: str, **fields: Any) -> None:
+    log.info(event, extra={"fields": fields})
+
+
+_OPEN_LOCK = threading.Lock()
+
+
+@contextmanager
+def _pillow_open(path: Path) -> Iterator[Image.Image]:
+    """Image.open with Pillow's bomb guard off: our own pixel cap runs right after, from the
+    header, and decoding is bounded by draft scaling or FULL_DECODE_MAX_PIXELS."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    try:
+        yield im
+    finally:
+        im.close()
+
+
+def make_thumbnails(
+    path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    fmt: str = "jpeg",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Write `thumb-<N>.<ext>` into out_dir for each size; return the metadata dict."""
+    t0 = time.monotonic()
+    p = Path(path)
+    if fmt not in EXTENSIONS:
+        raise ValueError(f"unsupported output format {fmt!r}")
+    sizes = sorted({int(n) for n in sizes})
+    if not sizes or sizes[0] <= 0:
+        raise ValueError("sizes must be positive")
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    try:
+        kind = sniff(p)
+        if kind is None:
+            if not p.is_file():
+                raise ImageError(f"{p}: no such file")
+            raise ImageError(f"{p}: not a supported image (unknown format)")
+        if kind == "tiff":
+            meta, acc_img, box, icc = _tiff(p, sizes, max_pixels, workers)
+        else:
+            meta, acc_img, box, icc = _pillow(p, kind, sizes, max_pixels)
+        meta["thumbnails"] = _write(p, out_dir, acc_img, box, icc, meta, sizes, fmt)
+    except ImageError:
+        raise
+    except (TiffError, TiffFormatError) as e:
+        raise ImageError(f"{p}: {e}") from e
+    except MemoryError as e:
+        raise ImageError(f"{p}: out of memory while decoding") from e
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as e:
+        raise ImageError(f"{p}: corrupt or truncated image ({_reason(e)})") from e
+    meta["seconds"] = round(time.monotonic() - t0, 3)
+    meta["peak_rss_mb"] = peak_rss_mb()
+    _event("thumbnail.done", file=str(p), path=meta["path"], seconds=meta["seconds"],
+           peak_rss_mb=meta["peak_rss_mb"])
+    return meta
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _check_cap(p: Path, w: int, h: int, max_pixels: int) -> None:
+    if w * h > max_pixels:
+        raise ImageError(f"{p}: image is {w}x{h} = {w * h / 1e6:.0f} Mpx, over the "
+                         f"{max_pixels / 1e6:.0f} Mpx cap")
+
+
+def _base_meta(fmt: str, w: int, h: int, mode: str, bits: int) -> dict[str, Any]:
+    return {"format": fmt, "width": w, "height": h, "mode": mode, "bit_depth": bits,
+            "pages": 1, "levels": 1, "dpi": None, "orientation": 1, "icc": False}
+
+
+Result = tuple[dict[str, Any], Image.Image, tuple[float, float, float, float], bytes | None]
+
+
+def _tiff(p: Path, sizes: list[int], max_pixels: int, workers: int) -> Result:
+    t0 = time.monotonic()
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        with os.fdopen(os.dup(fd), "rb") as fp:
+            st = read_structure(fp)
+        first = st.pages[0]
+        lvls, pages = levels(st)
+        W, H = lvls[0].width, lvls[0].height
+        _check_cap(p, W, H, max_pixels)
+        mode, bits = describe(first)
+        meta = _base_meta("tiff", W, H, mode, bits)
+        meta["pages"], meta["levels"] = pages, len(lvls)
+        meta["orientation"] = first.num(274, 1) if 1 <= first.num(274, 1) <= 8 else 1
+        icc = first.raw(34675)
+        meta["icc"] = bool(icc)
+        xres, yres = first.real(282), first.real(283)
+        unit = first.num(296, 2)
+        if xres and yres and unit in (2, 3):
+            f = 2.54 if unit == 3 else 1.0
+            meta["dpi"] = [round(xres * f, 2), round(yres * f, 2)]
+        _event("thumbnail.open", file=str(p), format="tiff", width=W, height=H, mode=mode,
+               bit_depth=bits, pages=pages, levels=len(lvls), bigtiff=st.bigtiff)
+
+        tw, th = target_size(W, H, sizes[-1])
+        level = choose_level(lvls, tw, th)
+        dec = TiffDecoder(st, level.ifd, fd)
+        # target in the level's pixel grid
+        ltw, lth = tw * dec.width / W, th * dec.height / H
+        k = shrink_factor(dec.width, dec.height, max(1, round(ltw)), max(1, round(lth)))
+        s = dec.jpeg_scale(k)
+        if s > 1:
+            k -= k % s
+        path = "pyramid" if level is not lvls[0] else ("jpeg-draft" if s > 1 else "banded")
+        kk = k // max(s, 1)
+        acc = Accumulator(-(-dec.width // max(s, 1)), -(-dec.height // max(s, 1)), kk)
+        reduction = round(W / (dec.width / k), 3)
+        _event("thumbnail.plan", file=str(p), path=path, level=lvls.index(level),
+               level_source=level.source, level_width=dec.width, level_height=dec.height,
+               compression=dec.compression, tiled=dec.tiled, shrink=k, dct_scale=max(s, 1),
+               reduction=reduction, workers=workers)
+        t1 = time.monotonic()
+        bands = run_tasks(dec.tasks(k, s), acc, workers)
+        img = acc.finish()
+        _event("thumbnail.decoded", file=str(p), bands=bands, acc_width=img.width,
+               acc_height=img.height, seconds=round(time.monotonic() - t1, 3),
+               peak_rss_mb=peak_rss_mb())
+    finally:
+        os.close(fd)
+    meta["path"], meta["reduction"] = path, reduction
+    box = (0.0, 0.0, dec.width / k, dec.height / k)
+    _ = t0
+    return meta, img, box, icc
+
+
+def _pillow(p: Path, kind: str, sizes: list[int], max_pixels: int) -> Result:
+    with _pillow_open(p) as im:
+        fmt = (im.format or kind).lower()
+        if fmt == "mpo":
+            fmt = "jpeg"
+        W, H = im.size
+        _check_cap(p, W, H, max_pixels)
+        meta = _base_meta(fmt, W, H, im.mode, _bits(im, p))
+        meta["pages"] = int(getattr(im, "n_frames", 1))
+        dpi = im.info.get("dpi")
+        if isinstance(dpi, tuple) and len(dpi) == 2:
+            meta["dpi"] = [round(float(dpi[0]), 2), round(float(dpi[1]), 2)]
+        icc = im.info.get("icc_profile") or None
+        meta["icc"] = bool(icc)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            orientation = im.getexif().get(274, 1)
+        meta["orientation"] = orientation if isinstance(orientation, int) and \
+            1 <= orientation <= 8 else 1
+        _event("thumbnail.open", file=str(p), format=fmt, width=W, height=H, mode=im.mode,
+               pages=meta["pages"])
+        tw, th = target_size(W, H, sizes[-1])
+        path = "full"
+        if fmt == "jpeg" and im.mode in ("RGB", "L", "CMYK"):
+            im.draft(im.mode, (2 * tw, 2 * th))
+            if im.size != (W, H):
+                path = "jpeg-draft"
+        dw, dh = im.size
+        if dw * dh > FULL_DECODE_MAX_PIXELS:
+            raise ImageError(f"{p}: {fmt} image is {W}x{H}; whole-image decoding is limited to "
+                             f"{FULL_DECODE_MAX_PIXELS / 1e6:.0f} Mpx for this format")
+        t1 = time.monotonic()
+        im.load()
+        img = normalise(im)
+        k = shrink_factor(dw, dh, max(1, round(tw * dw / W)), max(1, round(th * dh / H)))
+        acc = Accumulator(dw, dh, k)
+        acc.add(split_reduce(img, 0, 0, k))
+        out = acc.finish()
+        reduction = round(W / (dw / k), 3)
+        _event("thumbnail.plan", file=str(p), path=path, decoded_width=dw, decoded_height=dh,
+               shrink=k, reduction=reduction)
+        _event("thumbnail.decoded", file=str(p), seconds=round(time.monotonic() - t1, 3),
+               peak_rss_mb=peak_rss_mb())
+    meta["path"], meta["reduction"] = path, reduction
+    return meta, out, (0.0, 0.0, dw / k, dh / k), icc if isinstance(icc, bytes) else None
+
+
+def _bits(im: Image.Image, p: Path) -> int:
+    if im.mode == "1":
+        return 1
+    if im.mode.startswith("I;16"):
+        return 16
+    if im.mode in ("I", "F"):
+        return 32
+    if im.format == "PNG":
+        with open(p, "rb") as f:
+            head = f.read(25)
+        if len(head) == 25:
+            return head[24]
+    return 8
+
+
+def _write(p: Path, out_dir: str | os.PathLike[str], acc: Image.Image,
+           box: tuple[float, float, float, float], icc: bytes | None, meta: dict[str, Any],
+           sizes: list[int], fmt: str) -> list[dict[str, Any]]:
+    t0 = time.monotonic()
+    img, converted = to_output_mode(acc, icc)
+    keep_icc = icc if icc and not converted and acc.mode != "CMYK" else None
+    if fmt == "webp" and img.mode == "L":
+        img = img.convert("RGB")
+    W, H = meta["width"], meta["height"]
+    transpose = TRANSPOSE.get(meta["orientation"])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ext = EXTENSIONS[fmt]
+    thumbs: list[dict[str, Any]] = []
+    for n in sizes:
+        tw, th = target_size(W, H, n)
+        same = (tw, th) == img.size
+        t = img if same else img.resize((tw, th), Image.Resampling.LANCZOS, box=box)
+        if transpose is not None:
+            t = t.transpose(transpose)
+        name = f"thumb-{n}.{ext}"
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                opts: dict[str, Any] = {"quality": 85 if fmt == "jpeg" else 80}
+                if keep_icc:
+                    opts["icc_profile"] = keep_icc
+                t.save(f, format="JPEG" if fmt == "jpeg" else "WEBP", **opts)
+            os.replace(tmp, out / name)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise
+        thumbs.append({"name": name, "size": n, "width": t.width, "height": t.height})
+        _event("thumbnail.written", file=str(p), name=name, width=t.width, height=t.height)
+    _event("thumbnail.encoded", file=str(p), seconds=round(time.monotonic() - t0, 3),
+           icc_converted=converted)
+    return thumbs

@@ -1,0 +1,395 @@
+"""TIFF: structure, level choice, validation and banded decode into an Accumulator."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+
+from PIL import Image
+
+from ._reduce import Accumulator, Piece, normalise, split_reduce
+from ._tiffio import Ifd, Tag, TiffStructure, TiffWriter
+
+# Tags copied verbatim into each per-band TIFF: codec and sample layout only.
+CODEC_TAGS = (258, 259, 262, 266, 277, 284, 292, 293, 317, 320, 338, 339, 347,
+              529, 530, 531, 532)
+BAND_BYTES = 8 << 20  # decoded bytes per band, roughly
+TILE_GROUP_BYTES = 12 << 20  # decoded bytes per group of tiles in one tile row
+
+PHOTOMETRIC_NAMES = {0: "L", 1: "L", 2: "RGB", 3: "P", 4: "1", 5: "CMYK", 6: "RGB", 8: "LAB",
+                     9: "LAB", 10: "LAB", 32844: "L", 32845: "RGB"}
+SUBFILE_REDUCED = 1
+
+
+class TiffError(Exception):
+    """Bad or unsupported TIFF content; the message is the cause."""
+
+
+@dataclass
+class Level:
+    ifd: Ifd
+    width: int
+    height: int
+    source: str  # "ifd0", "subifd", "page"
+
+
+def dims(ifd: Ifd) -> tuple[int, int]:
+    w, h = ifd.num(256, 0), ifd.num(257, 0)
+    if w <= 0 or h <= 0:
+        raise TiffError(f"image has invalid dimensions {w}x{h}")
+    return w, h
+
+
+def describe(ifd: Ifd) -> tuple[str, int]:
+    """(mode name, bits per sample) of an IFD, for the metadata."""
+    spp = ifd.num(277, 1)
+    bps = ifd.num(258, 1)
+    photometric = ifd.num(262, 2 if spp >= 3 else 1)
+    if photometric in (0, 1) and bps == 1:
+        mode = "1"
+    else:
+        mode = PHOTOMETRIC_NAMES.get(photometric, "unknown")
+    if mode == "L" and bps == 16:
+        mode = "I;16"
+    extra = spp - {"1": 1, "L": 1, "I;16": 1, "P": 1, "RGB": 3, "CMYK": 4, "LAB": 3}.get(mode, spp)
+    if extra > 0 and ifd.num(338, 0) in (1, 2):
+        mode = {"L": "LA", "I;16": "LA", "RGB": "RGBA"}.get(mode, mode)
+    return mode, bps
+
+
+def levels(st: TiffStructure) -> tuple[list[Level], int]:
+    """The pyramid levels of page 0 (full resolution first) and the number of pages."""
+    first = st.pages[0]
+    w0, h0 = dims(first)
+    out = [Level(first, w0, h0, "ifd0")]
+    pages = 1
+    cands: list[tuple[Ifd, str]] = [(s, "subifd") for s in st.subifds]
+    for page in st.pages[1:]:
+        if page.num(254, 0) & SUBFILE_REDUCED:
+            cands.append((page, "page"))
+        else:
+            pages += 1
+    for ifd, source in cands:
+        try:
+            w, h = dims(ifd)
+        except TiffError:
+            continue
+        if w >= w0 or h >= h0:
+            continue
+        expect_h = w * h0 / w0
+        if abs(h - expect_h) <= max(2.0, 0.01 * expect_h):
+            out.append(Level(ifd, w, h, source))
+    out.sort(key=lambda lv: lv.width * lv.height, reverse=True)
+    return out, pages
+
+
+def choose_level(lvls: list[Level], tw: int, th: int) -> Level:
+    best = lvls[0]
+    for lv in lvls[1:]:
+        if lv.width >= tw and lv.height >= th and lv.width * lv.height < best.width * best.height:
+            best = lv
+    return best
+
+
+@dataclass
+class Segment:
+    index: int  # in the offsets array
+    x: int
+    y: int
+    w: int  # valid pixel width within the image
+    h: int  # valid rows
+    offset: int
+    count: int
+
+
+class TiffDecoder:
+    """Decodes one IFD band by band and feeds an Accumulator."""
+
+    def __init__(self, st: TiffStructure, ifd: Ifd, fd: int) -> None:
+        self.st = st
+        self.ifd = ifd
+        self.fd = fd
+        self.width, self.height = dims(ifd)
+        self.spp = ifd.num(277, 1)
+        bps = ifd.ints(258, (1,))
+        if len(set(bps)) != 1 or bps[0] not in (1, 2, 4, 8, 16, 32):
+            raise TiffError(f"unsupported BitsPerSample {bps}")
+        if self.spp < 1 or self.spp > 16:
+            raise TiffError(f"unsupported SamplesPerPixel {self.spp}")
+        self.bps = bps[0]
+        self.compression = ifd.num(259, 1)
+        self.photometric = ifd.num(262, 2 if self.spp >= 3 else 1)
+        self.planar = ifd.num(284, 1)
+        if self.planar not in (1, 2):
+            raise TiffError(f"invalid PlanarConfiguration {self.planar}")
+        self.planes = self.spp if self.planar == 2 and self.spp > 1 else 1
+        self.tiled = ifd.has(322) or ifd.has(324)
+        if self.tiled:
+            self.tile_w, self.tile_h = ifd.num(322, 0), ifd.num(323, 0)
+            if self.tile_w <= 0 or self.tile_h <= 0:
+                raise TiffError(f"invalid tile size {self.tile_w}x{self.tile_h}")
+            self.offsets, self.counts = ifd.ints(324), ifd.ints(325)
+        else:
+            rps = ifd.num(278, self.height)
+            if rps <= 0:
+                raise TiffError(f"invalid RowsPerStrip {rps}")
+            self.tile_w, self.tile_h = self.width, min(rps, self.height)
+            self.offsets, self.counts = ifd.ints(273), ifd.ints(279)
+        self.across = -(-self.width // self.tile_w)
+        self.down = -(-self.height // self.tile_h)
+        self.per_plane = self.across * self.down
+        self._validate()
+        self.jpeg_tables = ifd.raw(347)
+        self.raw_mode: tuple[str, str] | None = None
+
+    # -- validation ------------------------------------------------------------------------
+    def row_bytes(self, w: int) -> int:
+        samples = 1 if self.planes > 1 else self.spp
+        return -(-(w * samples * self.bps) // 8)
+
+    def _validate(self) -> None:
+        kind = "tiles" if self.tiled else "strips"
+        need = self.per_plane * self.planes
+        if len(self.offsets) < need or len(self.counts) < need:
+            raise TiffError(f"has {min(len(self.offsets), len(self.counts))} {kind}, "
+                            f"its geometry needs {need}")
+        size = self.st.size
+        for i in range(need):
+            off, cnt = self.offsets[i], self.counts[i]
+            if cnt <= 0:
+                raise TiffError(f"{kind[:-1]} {i} is empty")
+            if off + cnt > size:
+                raise TiffError(f"{kind[:-1]} {i} (offset {off}, {cnt} bytes) lies beyond the "
+                                f"end of the file ({size} bytes): truncated")
+        if self.compression == 1:
+            for i in range(need):
+                seg = self.segment(i)
+                rows = self.tile_h if self.tiled else seg.h
+                expect = rows * self.row_bytes(self.tile_w)
+                if self.counts[i] < expect:
+                    raise TiffError(f"uncompressed {kind[:-1]} {i} has {self.counts[i]} bytes, "
+                                    f"its geometry needs {expect}")
+
+    def segment(self, i: int) -> Segment:
+        j = i % self.per_plane
+        r, c = divmod(j, self.across)
+        x, y = c * self.tile_w, r * self.tile_h
+        return Segment(i, x, y, min(self.tile_w, self.width - x),
+                       min(self.tile_h, self.height - y), self.offsets[i], self.counts[i])
+
+    def read(self, off: int, n: int) -> bytes:
+        data = os.pread(self.fd, n, off)
+        if len(data) != n:
+            raise TiffError(f"short read at offset {off}: truncated")
+        return data
+
+    # -- per-band TIFFs ---------------------------------------------------------------------
+    def codec_tags(self) -> list[Tag]:
+        tags: list[Tag] = []
+        for t in CODEC_TAGS:
+            e = self.ifd.entries.get(t)
+            if e is not None:
+                tags.append((t, e.type, e.raw))
+        return tags
+
+    def mini_tiff(self, width: int, height: int, datas: list[bytes], rows_per_strip: int,
+                  tiled: bool) -> bytes:
+        buf = io.BytesIO()
+        wr = TiffWriter(buf, self.st.byteorder)
+        offs = [wr.write_data(d) for d in datas]
+        counts = [len(d) for d in datas]
+        tags = [*self.codec_tags(), (256, 4, (width,)), (257, 4, (height,))]
+        if tiled:
+            tags += [(322, 4, (self.tile_w,)), (323, 4, (self.tile_h,)),
+                     (324, 4, tuple(offs)), (325, 4, tuple(counts))]
+        else:
+            tags += [(278, 4, (rows_per_strip,)), (273, 4, tuple(offs)),
+                     (279, 4, tuple(counts))]
+        wr.finish([wr.write_ifd(tags)])
+        return buf.getvalue()
+
+    def open_mini(self, data: bytes) -> Image.Image:
+        im = Image.open(io.BytesIO(data), formats=["TIFF"])
+        im.load()
+        return im
+
+    def probe_raw(self) -> tuple[str, str] | None:
+        """(mode, rawmode) if Pillow reads this uncompressed chunky layout as plain raw rows."""
+        if self.compression != 1 or self.planes > 1:
+            return None
+        rb = self.row_bytes(self.width)
+        im = Image.open(io.BytesIO(self.mini_tiff(self.width, 1, [bytes(rb)], 1, False)),
+                        formats=["TIFF"])
+        if len(im.tile) != 1 or im.tile[0].codec_name != "raw":
+            return None
+        args = im.tile[0].args
+        rawmode = args[0] if isinstance(args, tuple) else args
+        if not isinstance(rawmode, str):
+            return None
+        if isinstance(args, tuple) and len(args) > 1 and args[1] not in (0, rb):
+            return None
+        return im.mode, rawmode
+
+    # -- band plans -------------------------------------------------------------------------
+    def jpeg_scale(self, k: int) -> int:
+        """DCT scale (1, 2, 4 or 8) usable for the JPEG fast path, or 0 if not applicable."""
+        if self.compression != 7 or self.bps != 8 or self.planes > 1:
+            return 0
+        if not ((self.photometric == 6 and self.spp == 3) or
+                (self.photometric == 1 and self.spp == 1)):
+            return 0
+        for s in (8, 4, 2):
+            if s <= k and self.tile_h % s == 0 and (not self.tiled or self.tile_w % s == 0):
+                return s
+        return 1
+
+    def tasks(self, k: int, s: int) -> Iterator[Callable[[], list[Piece]]]:
+        """Band decode jobs; each returns reduced pieces for the accumulator (factor k/s)."""
+        kk = k // max(s, 1)
+        if s:
+            return self._jpeg_tasks(k, s, kk)
+        if not self.tiled:
+            self.raw_mode = self.probe_raw()
+            if self.raw_mode is not None:
+                return self._raw_strip_tasks(k)
+            return self._strip_tasks(k)
+        return self._tile_tasks(k)
+
+    def _groups(self, k: int, seg_bytes_per_col: int) -> list[tuple[int, int]]:
+        """Split tile columns into groups [c0, c1) of ~TILE_GROUP_BYTES, x-aligned to k."""
+        unit = k // math.gcd(self.tile_w, k)  # tiles per k-aligned step
+        per = max(unit, (TILE_GROUP_BYTES // max(1, seg_bytes_per_col)) // unit * unit)
+        return [(c, min(c + per, self.across)) for c in range(0, self.across, per)]
+
+    def _strip_tasks(self, k: int) -> Iterator[Callable[[], list[Piece]]]:
+        strip_bytes = self.tile_h * self.row_bytes(self.width) * self.planes
+        per = max(1, BAND_BYTES // max(1, strip_bytes))
+        for r0 in range(0, self.down, per):
+            r1 = min(r0 + per, self.down)
+            yield partial(self._decode_strips, r0, r1, k)
+
+    def _decode_strips(self, r0: int, r1: int, k: int) -> list[Piece]:
+        idx = [p * self.per_plane + r for p in range(self.planes) for r in range(r0, r1)]
+        datas = [self.read(self.offsets[i], self.counts[i]) for i in idx]
+        y0 = r0 * self.tile_h
+        h = min(r1 * self.tile_h, self.height) - y0
+        im = self.open_mini(self.mini_tiff(self.width, h, datas, self.tile_h, False))
+        return split_reduce(normalise(im), 0, y0, k)
+
+    def _raw_strip_tasks(self, k: int) -> Iterator[Callable[[], list[Piece]]]:
+        rb = self.row_bytes(self.width)
+        rows = max(1, BAND_BYTES // rb)
+        if rows >= k:
+            rows -= rows % k
+        for y0 in range(0, self.height, rows):
+            y1 = min(y0 + rows, self.height)
+            yield partial(self._decode_raw_rows, y0, y1, k, rb)
+
+    def _decode_raw_rows(self, y0: int, y1: int, k: int, rb: int) -> list[Piece]:
+        assert self.raw_mode is not None
+        parts: list[bytes] = []
+        y = y0
+        while y < y1:
+            i, r = divmod(y, self.tile_h)
+            n = min(self.tile_h - r, y1 - y)
+            off = self.offsets[i] + r * rb
+            # extend over following strips that are contiguous in the file
+            while y + n < y1:
+                j = i + 1
+                if self.offsets[j] != self.offsets[i] + self.tile_h * rb:
+                    break
+                i = j
+                n = min(n + self.tile_h, y1 - y)
+            parts.append(self.read(off, n * rb))
+            y += n
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        mode, rawmode = self.raw_mode
+        im = Image.frombuffer(mode, (self.width, y1 - y0), data, "raw", rawmode, 0, 1)
+        return split_reduce(normalise(im), 0, y0, k)
+
+    def _tile_tasks(self, k: int) -> Iterator[Callable[[], list[Piece]]]:
+        col_bytes = self.tile_h * self.row_bytes(self.tile_w) * self.planes
+        for r in range(self.down):
+            for c0, c1 in self._groups(k, col_bytes):
+                yield partial(self._decode_tiles, r, c0, c1, k)
+
+    def _decode_tiles(self, r: int, c0: int, c1: int, k: int) -> list[Piece]:
+        idx = [p * self.per_plane + r * self.across + c
+               for p in range(self.planes) for c in range(c0, c1)]
+        datas = [self.read(self.offsets[i], self.counts[i]) for i in idx]
+        x0, y0 = c0 * self.tile_w, r * self.tile_h
+        w = min(c1 * self.tile_w, self.width) - x0
+        h = min(self.tile_h, self.height - y0)
+        im = self.open_mini(self.mini_tiff(w, h, datas, 0, True))
+        return split_reduce(normalise(im), x0, y0, k)
+
+    # JPEG fast path: each tile or strip is decoded as a standalone JPEG at 1/s scale.
+    def _jpeg_tasks(self, k: int, s: int, kk: int) -> Iterator[Callable[[], list[Piece]]]:
+        if self.tiled:
+            col_bytes = self.tile_h * self.tile_w * self.spp // (s * s)
+            for r in range(self.down):
+                for c0, c1 in self._groups(k, col_bytes):
+                    idx = [r * self.across + c for c in range(c0, c1)]
+                    yield partial(self._decode_jpegs, idx, s, kk)
+        else:
+            strip_bytes = self.tile_h * self.width * self.spp // (s * s)
+            per = max(1, BAND_BYTES // max(1, strip_bytes))
+            for r0 in range(0, self.down, per):
+                idx = list(range(r0, min(r0 + per, self.down)))
+                yield partial(self._decode_jpegs, idx, s, kk)
+
+    def _decode_jpegs(self, idx: list[int], s: int, kk: int) -> list[Piece]:
+        segs = [self.segment(i) for i in idx]
+        x0, y0 = segs[0].x, segs[0].y
+        x1 = max(g.x + g.w for g in segs)
+        y1 = max(g.y + g.h for g in segs)
+        mode = "L" if self.spp == 1 else "RGB"
+        band = Image.new(mode, (-(-(x1 - x0) // s), -(-(y1 - y0) // s)))
+        tables = self.jpeg_tables
+        for g in segs:
+            data = self.read(g.offset, g.count)
+            if tables and len(tables) > 4 and data[:2] == b"\xff\xd8":
+                data = tables[:-2] + data[2:]
+            tile: Image.Image = Image.open(io.BytesIO(data), formats=["JPEG"])
+            full_w = self.tile_w if self.tiled else self.width
+            tile.draft(mode, (full_w // s, self.tile_h // s))
+            tile.load()
+            if tile.mode != mode:
+                tile = tile.convert(mode)
+            vw, vh = -(-g.w // s), -(-g.h // s)
+            if tile.width < vw or tile.height < vh:
+                raise TiffError(f"JPEG segment {g.index} decodes to {tile.size}, "
+                                f"expected at least {vw}x{vh}")
+            band.paste(tile.crop((0, 0, vw, vh)), ((g.x - x0) // s, (g.y - y0) // s))
+        return split_reduce(band, x0 // s, y0 // s, kk)
+
+
+def run_tasks(tasks: Iterator[Callable[[], list[Piece]]], acc: Accumulator,
+              workers: int) -> int:
+    """Run band jobs on `workers` threads with a bounded window; returns the number of bands."""
+    n = 0
+    if workers <= 1:
+        for t in tasks:
+            acc.add(t())
+            n += 1
+        return n
+    window: deque[Future[list[Piece]]] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="thumb") as pool:
+        try:
+            for t in tasks:
+                window.append(pool.submit(t))
+                n += 1
+                if len(window) >= workers + 1:
+                    acc.add(window.popleft().result())
+            while window:
+                acc.add(window.popleft().result())
+        finally:
+            for f in window:
+                f.cancel()
+    return n
