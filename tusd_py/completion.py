@@ -33,6 +33,7 @@ from .settings import Settings
 from .views import upload_json
 
 _PROCESSING = frozenset({UploadState.PROCESSING})
+QUEUE_RETRY_SECONDS = 1.0
 EXTEND_EVERY = 30.0  # well below the Redis queue's reclaim idle time
 
 
@@ -116,9 +117,14 @@ async def start_processing(tg: TaskGroup, backend: Backend, processor: Processor
 
 async def run_worker(backend: Backend, processor: Processor, settings: Settings,
                      hook: HttpHook | None = None) -> None:
-    """Runs for the server's lifetime; one failing upload never stops the loop."""
+    """Runs for the server's lifetime; neither a failing upload nor a store outage stops it."""
     while True:
-        job = await backend.queue.receive()
+        try:
+            job = await backend.queue.receive()
+        except StorageError as exc:
+            logs.event("processing.queue_unavailable", level=logging.WARNING, error=str(exc))
+            await anyio.sleep(QUEUE_RETRY_SECONDS)
+            continue
         try:
             await process_job(backend, processor, settings, job, hook)
         except Exception:

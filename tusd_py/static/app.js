@@ -158,9 +158,11 @@ class Transfer {
       this.statusEl.textContent = `sending (resumed at ${formatBytes(this.upload.resumedFrom)})`
       removeInterrupted(this.upload.key)
     }
-    if (['paused', 'done', 'failed'].includes(status)) this.samples = []
-    if (status === 'done') {
+    if (['paused', 'done', 'failed'].includes(status)) {
+      this.samples = []
       this.rateEl.textContent = ''
+    }
+    if (status === 'done') {
       this.node.dataset.url = this.upload.url
       announce(`${this.file.name} is uploaded`)
     }
