@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.e2e.test_network_faults import (
+from tests.e2e.rawhttp import (
     MiB,
     Pattern,
     RawConn,

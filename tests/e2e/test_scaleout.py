@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import RedisServer, ServerProcess, free_port
-from tests.e2e.test_network_faults import (
+from tests.e2e.rawhttp import (
     CHECKPOINT,
     SLACK,
     TUS,

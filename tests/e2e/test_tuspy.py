@@ -15,7 +15,7 @@ import requests
 from tusclient import client
 from tusclient.storage.filestorage import FileStorage
 
-from tests.e2e.test_network_faults import (
+from tests.e2e.rawhttp import (
     TUS,
     create_upload,
     download_sha256,
