@@ -82,7 +82,7 @@ def target_size(w: int, h: int, n: int) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def shrink_factor(w: int, h: int, tw: int, th: int) -> int:
+def shrink_factor(w: float, h: float, tw: int, th: int) -> int:
     """Integer pre-shrink factor leaving at least 2x for the final Lanczos."""
     return max(1, int(min(w / tw, h / th) / 2))
 
@@ -203,9 +203,7 @@ def _tiff(p: Path, sizes: list[int], max_pixels: int, workers: int) -> Result:
         tw, th = target_size(W, H, sizes[-1])
         level = choose_level(lvls, tw, th)
         dec = TiffDecoder(st, level.ifd, fd)
-        # target in the level's pixel grid
-        ltw, lth = tw * dec.width / W, th * dec.height / H
-        k = shrink_factor(dec.width, dec.height, max(1, round(ltw)), max(1, round(lth)))
+        k = shrink_factor(dec.width, dec.height, tw, th)
         s = dec.jpeg_scale(k)
         if s > 1:
             k -= k % s
@@ -307,17 +305,27 @@ def _write(p: Path, out_dir: str | os.PathLike[str], acc: Image.Image,
     out.mkdir(parents=True, exist_ok=True)
     ext = EXTENSIONS[fmt]
     thumbs: list[dict[str, Any]] = []
+    reduced: dict[int, Image.Image] = {}
     for n in sizes:
         tw, th = target_size(W, H, n)
-        same = (tw, th) == img.size
-        t = img if same else img.resize((tw, th), Image.Resampling.LANCZOS, box=box)
+        if (tw, th) == img.size:
+            t = img
+        else:
+            # each size gets its own integer pre-shrink, so small sizes stay cheap
+            k = shrink_factor(box[2], box[3], tw, th)
+            if k not in reduced:
+                reduced[k] = img.reduce(k) if k > 1 else img
+            b = (0.0, 0.0, box[2] / k, box[3] / k)
+            t = reduced[k].resize((tw, th), Image.Resampling.LANCZOS, box=b)
         if transpose is not None:
             t = t.transpose(transpose)
         name = f"thumb-{n}.{ext}"
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
         try:
             with os.fdopen(fd, "wb") as f:
-                opts: dict[str, Any] = {"quality": 85 if fmt == "jpeg" else 80}
+                # 4:4:4 chroma: subsampling visibly smears colour edges at thumbnail sizes
+                opts: dict[str, Any] = ({"quality": 90, "subsampling": 0} if fmt == "jpeg"
+                                        else {"quality": 90})
                 if keep_icc:
                     opts["icc_profile"] = keep_icc
                 t.save(f, format="JPEG" if fmt == "jpeg" else "WEBP", **opts)

@@ -19,8 +19,8 @@ from ._tiffio import Ifd, Tag, TiffStructure, TiffWriter
 # Tags copied verbatim into each per-band TIFF: codec and sample layout only.
 CODEC_TAGS = (258, 259, 262, 266, 277, 284, 292, 293, 317, 320, 338, 339, 347,
               529, 530, 531, 532)
-BAND_BYTES = 8 << 20  # decoded bytes per band, roughly
-TILE_GROUP_BYTES = 12 << 20  # decoded bytes per group of tiles in one tile row
+BAND_BYTES = 2 << 20  # decoded bytes per band, roughly
+TILE_GROUP_BYTES = 4 << 20  # decoded bytes per group of tiles in one tile row
 
 PHOTOMETRIC_NAMES = {0: "L", 1: "L", 2: "RGB", 3: "P", 4: "1", 5: "CMYK", 6: "RGB", 8: "LAB",
                      9: "LAB", 10: "LAB", 32844: "L", 32845: "RGB"}
@@ -267,8 +267,14 @@ class TiffDecoder:
         per = max(unit, (TILE_GROUP_BYTES // max(1, seg_bytes_per_col)) // unit * unit)
         return [(c, min(c + per, self.across)) for c in range(0, self.across, per)]
 
+    def mem_row_bytes(self, w: int) -> int:
+        """Bytes of one decoded row in memory (Pillow: 1 byte per pixel for 1/L/P; palette and
+        multi-sample images become 4-byte RGB), plus the normalised copy."""
+        return w * (8 if self.spp >= 2 or self.photometric == 3 else 3)
+
     def _strip_tasks(self, k: int) -> Iterator[Callable[[], list[Piece]]]:
-        strip_bytes = self.tile_h * self.row_bytes(self.width) * self.planes
+        strip_bytes = self.tile_h * max(self.mem_row_bytes(self.width),
+                                        self.row_bytes(self.width) * self.planes)
         per = max(1, BAND_BYTES // max(1, strip_bytes))
         for r0 in range(0, self.down, per):
             r1 = min(r0 + per, self.down)
@@ -314,7 +320,8 @@ class TiffDecoder:
         return split_reduce(normalise(im), 0, y0, k)
 
     def _tile_tasks(self, k: int) -> Iterator[Callable[[], list[Piece]]]:
-        col_bytes = self.tile_h * self.row_bytes(self.tile_w) * self.planes
+        col_bytes = self.tile_h * max(self.mem_row_bytes(self.tile_w),
+                                      self.row_bytes(self.tile_w) * self.planes)
         for r in range(self.down):
             for c0, c1 in self._groups(k, col_bytes):
                 yield partial(self._decode_tiles, r, c0, c1, k)

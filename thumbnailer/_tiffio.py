@@ -140,7 +140,8 @@ def read_structure(fp: BinaryIO) -> TiffStructure:
 def _read_ifd(fp: BinaryIO, offset: int, bo: str, big: bool, size: int) -> Ifd:
     count_fmt, count_len, entry_len, inline = ("Q", 8, 20, 8) if big else ("H", 2, 12, 4)
     if offset < 8 or offset + count_len > size:
-        raise TiffFormatError(f"IFD offset {offset} outside the file")
+        raise TiffFormatError(f"IFD offset {offset} outside the file ({size} bytes): "
+                              "truncated or corrupt")
     fp.seek(offset)
     (n,) = struct.unpack(bo + count_fmt, fp.read(count_len))
     if n == 0 or n > MAX_ENTRIES:

@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         forwarded = [str(args.path), "--out", str(args.out), "--format", args.format]
         for size in args.sizes or []:
             forwarded += ["--size", str(size)]
-        return thumbnail_main(forwarded)
+        return thumbnail_main(forwarded, prog="tusd-py thumbnail")
     settings = settings_from_args(args)
     if args.command == "serve":
         serve(settings)

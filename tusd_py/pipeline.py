@@ -30,6 +30,7 @@ from storage import (
     PermanentProcessingError,
     UploadInfo,
 )
+from thumbnailer import sniff
 
 from . import logs
 from .protocol import metadata_text
@@ -82,8 +83,6 @@ class FinalizeProcessor:
             "file": {"path": relative, "sha256": sha256, "size": size},
             "image": None, "thumbnails": [],
         }
-        from thumbnailer import sniff
-
         kind = await anyio.to_thread.run_sync(sniff, final)
         if kind is not None:
             image = await self._thumbnails(info, final)
