@@ -13,7 +13,15 @@ import anyio.lowlevel
 from redis.exceptions import ResponseError
 
 from ..base import Job, StateStore
-from .client import DEAD, GROUP, RETRY, STREAM, RedisConnection, unavailable_on_outage
+from .client import (
+    DEAD,
+    GROUP,
+    HEARTBEAT_PREFIX,
+    RETRY,
+    STREAM,
+    RedisConnection,
+    unavailable_on_outage,
+)
 
 
 class RedisStreamQueue:
@@ -45,6 +53,7 @@ class RedisStreamQueue:
         client = self.conn.client
         while not self._buffer:
             await self.conn.run("due", [RETRY, STREAM], [int(time.time() * 1000), 50])
+            await self._claim_from_dead_consumers()
             async with unavailable_on_outage():
                 # Entries a dead worker took but never acknowledged.
                 _, claimed, _ = await client.xautoclaim(
@@ -66,6 +75,32 @@ class RedisStreamQueue:
             if not self._buffer:
                 await anyio.lowlevel.checkpoint()
         return self._buffer.pop(0)
+
+    async def _claim_from_dead_consumers(self) -> None:
+        """Take over jobs of workers whose instance stopped heart-beating (killed).
+
+        Without this a job would wait for the reclaim idle time (minutes), which
+        must stay longer than the slowest legitimate job.
+        """
+        client = self.conn.client
+        async with unavailable_on_outage():
+            pending = await client.xpending_range(STREAM, GROUP, min="-", max="+", count=100)
+            dead: dict[str, bool] = {}
+            for entry in pending:
+                consumer = entry["consumer"].decode()
+                if consumer == self.consumer:
+                    continue
+                if consumer not in dead:
+                    dead[consumer] = not await client.exists(HEARTBEAT_PREFIX + consumer)
+                if not dead[consumer]:
+                    continue
+                claimed = await client.xclaim(STREAM, GROUP, self.consumer, 0,
+                                              [entry["message_id"]])
+                for entry_id, fields in claimed:
+                    if fields:
+                        self._buffer.append(Job(fields[b"id"].decode(),
+                                                entry["times_delivered"] + 1,
+                                                entry_id.decode()))
 
     async def requeue(self, upload_id: str) -> None:
         await self._ensure_group()
