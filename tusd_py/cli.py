@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from starlette.applications import Starlette
+
 from storage import Backend, embedded_backend
 
 from . import logs
@@ -106,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lock-timeout", type=float,
         default=_env("lock-timeout", _DEFAULTS.lock_timeout, float),
         help="seconds a request waits for a busy upload before answering 423")
+    add("--workers", type=int, default=_env("workers", _DEFAULTS.workers, int),
+        help="server processes sharing the port (more than 1 needs --redis-url)")
     add("--no-dashboard", dest="dashboard", action="store_false",
         default=_env("dashboard", True, _bool), help="do not serve the upload page at /")
     add("--no-processing", dest="processing", action="store_false",
@@ -154,6 +158,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "max_size": args.max_size, "cors_origins": args.cors_origins,
             "behind_proxy": args.behind_proxy, "network_timeout": args.network_timeout,
             "lock_timeout": args.lock_timeout, "dashboard": args.dashboard,
+            "workers": args.workers,
         } if serving else {}),
     )
 
@@ -203,10 +208,13 @@ def serve(settings: Settings) -> None:
     from .app import create_app
 
     logs.configure(settings.log_level, settings.log_format)
+    if settings.workers > 1 and not settings.redis_url:
+        # The embedded store's locks live inside one process.
+        print("tusd-py: --workers > 1 needs --redis-url", file=sys.stderr)
+        raise SystemExit(2)
     _require_redis(settings)
-    app = create_app(settings, build_backend(settings))
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None,
+    options: dict[str, Any] = dict(
+        host=settings.host, port=settings.port, log_config=None,
         # Forwarded headers are handled by --behind-proxy, never implicitly by uvicorn.
         proxy_headers=False, server_header=False, access_log=False,
         timeout_graceful_shutdown=10,
@@ -216,7 +224,26 @@ def serve(settings: Settings) -> None:
                upload_dir=str(settings.upload_dir), max_size=settings.max_size,
                state="redis" if settings.redis_url else "embedded",
                expiration=settings.expiration, processors=settings.processors)
-    uvicorn.Server(config).run()
+    if settings.workers > 1:
+        # Each worker process builds its own app (and Redis pool) from these settings.
+        os.environ[SETTINGS_ENV] = settings.to_json()
+        uvicorn.run("tusd_py.cli:app_from_environment", factory=True,
+                    workers=settings.workers, **options)
+    else:
+        uvicorn.Server(uvicorn.Config(create_app(settings, build_backend(settings)),
+                                      **options)).run()
+
+
+SETTINGS_ENV = "TUSD_PY_SETTINGS_JSON"
+
+
+def app_from_environment() -> Starlette:
+    """The app factory of each `--workers` process."""
+    from .app import create_app
+
+    settings = Settings.from_json(os.environ[SETTINGS_ENV])
+    logs.configure(settings.log_level, settings.log_format)
+    return create_app(settings, build_backend(settings))
 
 
 def work(settings: Settings) -> None:

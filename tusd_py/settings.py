@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 
@@ -19,6 +20,7 @@ class Settings:
     network_timeout: float = 60.0
     redis_url: str | None = None  # None: the embedded default (files + in-process locks)
     dashboard: bool = True  # the upload page at /
+    workers: int = 1  # server processes (more than one needs redis_url)
     log_level: str = "info"
     log_format: str = "text"
     lock_timeout: float = 20.0  # how long a request waits for an upload's lock before 423
@@ -41,6 +43,19 @@ class Settings:
     @property
     def final_root(self) -> Path:
         return self.final_dir or self.upload_dir / "final"
+
+    def to_json(self) -> str:
+        doc = {f.name: getattr(self, f.name) for f in fields(self)}
+        return json.dumps(doc, default=str)
+
+    @classmethod
+    def from_json(cls, raw: str) -> Settings:
+        doc = json.loads(raw)
+        for name in ("upload_dir", "final_dir"):
+            if doc.get(name) is not None:
+                doc[name] = Path(doc[name])
+        doc["thumbnail_sizes"] = tuple(doc["thumbnail_sizes"])
+        return cls(**doc)
 
     def __post_init__(self) -> None:
         base = "/" + self.base_path.strip("/") + "/"

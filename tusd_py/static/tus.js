@@ -255,9 +255,9 @@ export class TusUpload {
     this.options.onStatus('resuming')
     let res
     try {
-      res = await request('HEAD', this.url, {
-        headers: { 'Cache-Control': 'no-store' }, onXhr: (x) => { this._xhr = x }
-      })
+      // (no Cache-Control request header: it is not CORS-safelisted; the server answers
+      // HEAD with Cache-Control: no-store, as tus requires)
+      res = await request('HEAD', this.url, { onXhr: (x) => { this._xhr = x } })
     } catch (err) {
       if ([403, 404, 410].includes(err.status)) err.gone = true
       throw err
