@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 
 BLOCK = os.urandom(1 << 20)
+EXTRA: list[str] = []  # extra `tusd-py serve` flags (--server-flag)
 
 
 def free_port() -> int:
@@ -85,7 +86,7 @@ def run_once(size: int, scratch: Path) -> dict[str, float]:
     upload_dir = Path(tempfile.mkdtemp(dir=scratch))
     server = subprocess.Popen(
         [sys.executable, "-m", "tusd_py", "serve", "--port", str(port),
-         "--upload-dir", str(upload_dir), "--log-level", "warning"])
+         "--upload-dir", str(upload_dir), "--log-level", "warning", *EXTRA])
     try:
         for _ in range(200):
             try:
@@ -131,10 +132,14 @@ def main() -> None:
     parser.add_argument("--gib", type=float, default=2.0, help="upload size in GiB")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--server-flag", action="append", default=[],
+                        help="passed to `tusd-py serve`, e.g. --server-flag=--durability=os")
     args = parser.parse_args()
+    EXTRA.extend(args.server_flag)
     size = int(args.gib * (1 << 30))
     rows = [run_once(size, args.scratch) for _ in range(args.repeat)]
-    print(f"| one PATCH of {args.gib:g} GiB | MiB/s | peak RSS MiB | RSS growth MiB "
+    flags = " ".join(EXTRA) or "defaults"
+    print(f"| one PATCH of {args.gib:g} GiB ({flags}) | MiB/s | peak RSS MiB | RSS growth MiB "
           "| server CPU s/GiB |")
     print("|---|---|---|---|---|")
     for i, row in enumerate(rows, 1):

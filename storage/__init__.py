@@ -66,11 +66,11 @@ __all__ = [
 ]
 
 
-def embedded_backend(upload_dir: Path) -> Backend:
+def embedded_backend(upload_dir: Path, *, fsync: bool = True) -> Backend:
     """The default: files + `.info` JSON + in-process locks and queue. No Redis."""
     return Backend(
-        data=FileDataStore(upload_dir),
-        state=FileStateStore(upload_dir),
+        data=FileDataStore(upload_dir, fsync=fsync),
+        state=FileStateStore(upload_dir, fsync=fsync),
         locker=MemoryLocker(),
         queue=OutboxQueue(),
     )

@@ -19,8 +19,10 @@ _IOV_MAX = 512
 class FileDataStore:
     """One file per upload under <root>/uploads/<id>."""
 
-    def __init__(self, root: Path, *, max_threads: int = 8) -> None:
+    def __init__(self, root: Path, *, max_threads: int = 8, fsync: bool = True) -> None:
         self.dir = root / "uploads"
+        # fsync=False trusts the page cache: bytes survive a killed process, not a power cut.
+        self.fsync = fsync
         self.dir.mkdir(parents=True, exist_ok=True)
         # Disk I/O gets its own limiter so uploads cannot starve other to_thread users.
         self._limiter = anyio.CapacityLimiter(max_threads)
@@ -46,6 +48,8 @@ class FileDataStore:
 
     async def sync(self, upload_id: str) -> None:
         path = self.path(upload_id)
+        if not self.fsync:
+            return
         await anyio.to_thread.run_sync(_fsync, path, limiter=self._limiter)
 
     async def truncate(self, upload_id: str, length: int) -> None:

@@ -54,8 +54,9 @@ class FileStateStore:
     so a crash leaves either the old or the new record, never a torn one.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.dir = root / "uploads"
+        self.fsync = fsync
         self.dir.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, anyio.Lock] = {}
         self._limiter = anyio.CapacityLimiter(4)
@@ -84,7 +85,8 @@ class FileStateStore:
     async def _write(self, info: UploadInfo) -> None:
         path = self._path(info.id)
         payload = json.dumps(info_to_json(info), separators=(",", ":")).encode()
-        await anyio.to_thread.run_sync(_atomic_write, path, payload, limiter=self._limiter)
+        await anyio.to_thread.run_sync(_atomic_write, path, payload, self.fsync,
+                                       limiter=self._limiter)
 
     async def create(self, info: UploadInfo) -> None:
         async with self._lock(info.id):
@@ -186,15 +188,18 @@ class FileStateStore:
         self._locks.pop(upload_id, None)
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
+def _atomic_write(path: Path, payload: bytes, fsync: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o640)
     try:
         os.write(fd, payload)
-        os.fsync(fd)
+        if fsync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    if not fsync:
+        return
     # The rename itself is durable only once the directory is synced.
     dfd = os.open(path.parent, os.O_RDONLY)
     try:

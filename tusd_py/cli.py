@@ -42,6 +42,10 @@ def _add_storage_flags(parser: argparse.ArgumentParser) -> None:
         help="keep upload state, locks and completion jobs in Redis so several instances "
              "can share one upload dir: redis://host:6379/0, rediss://..., unix:///path, or "
              "redis+sentinel://host1:26379,host2:26379/mymaster (default: embedded, no Redis)")
+    add("--durability", choices=["fsync", "os"],
+        default=_env("durability", "fsync"),
+        help="fsync: bytes are on disk before an offset is committed (survives power loss); "
+             "os: the page cache is trusted (survives a killed process, like tusd)")
     add("--expiration", type=float, default=_env("expiration", _DEFAULTS.expiration, float),
         help="seconds of inactivity after which an unfinished upload is removed (0 = never)")
 
@@ -144,7 +148,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     serving = args.command == "serve"
     return Settings(
         upload_dir=args.upload_dir.resolve(), redis_url=args.redis_url or None,
-        expiration=args.expiration,
+        expiration=args.expiration, fsync=args.durability == "fsync",
         final_dir=args.final_dir.resolve() if args.final_dir else None,
         namespace_key=args.namespace_key,
         processors=args.processors if (not serving or args.processing) else 0,
@@ -165,11 +169,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def build_backend(settings: Settings) -> Backend:
     if not settings.redis_url:
-        return embedded_backend(settings.upload_dir)
+        return embedded_backend(settings.upload_dir, fsync=settings.fsync)
     from storage.redis import redis_backend
 
     return redis_backend(settings.redis_url, settings.upload_dir,
-                         tombstone_seconds=settings.tombstone_seconds)
+                         tombstone_seconds=settings.tombstone_seconds, fsync=settings.fsync)
 
 
 def check_redis(url: str) -> str | None:

@@ -20,6 +20,7 @@ class Settings:
     network_timeout: float = 60.0
     redis_url: str | None = None  # None: the embedded default (files + in-process locks)
     dashboard: bool = True  # the upload page at /
+    fsync: bool = True  # False: checkpoints trust the page cache (as tusd and @tus/server do)
     workers: int = 1  # server processes (more than one needs redis_url)
     log_level: str = "info"
     log_format: str = "text"

@@ -21,11 +21,11 @@ __all__ = ["RedisConnection", "RedisLocker", "RedisStateStore", "RedisStreamQueu
 
 def redis_backend(url: str, upload_dir: Path, *, lease_seconds: float = 10.0,
                   reclaim_idle_seconds: float = 300.0,
-                  tombstone_seconds: float = 7 * 86400) -> Backend:
+                  tombstone_seconds: float = 7 * 86400, fsync: bool = True) -> Backend:
     conn = RedisConnection(url)
     locker = RedisLocker(conn, lease_seconds=lease_seconds)
     return Backend(
-        data=FileDataStore(upload_dir),
+        data=FileDataStore(upload_dir, fsync=fsync),
         state=RedisStateStore(conn, tombstone_seconds=tombstone_seconds),
         locker=locker,
         queue=RedisStreamQueue(conn, reclaim_idle_seconds=reclaim_idle_seconds),
