@@ -10,6 +10,7 @@ import anyio
 import anyio.to_thread
 
 from .base import UploadNotFound
+from .fsync import fsync_path
 from .ids import is_valid_upload_id
 
 READ_CHUNK = 1 << 20
@@ -50,7 +51,7 @@ class FileDataStore:
         path = self.path(upload_id)
         if not self.fsync:
             return
-        await anyio.to_thread.run_sync(_fsync, path, limiter=self._limiter)
+        await anyio.to_thread.run_sync(fsync_path, path, limiter=self._limiter)
 
     async def truncate(self, upload_id: str, length: int) -> None:
         path = self.path(upload_id)
@@ -58,7 +59,7 @@ class FileDataStore:
         def _truncate() -> None:
             if path.stat().st_size > length:
                 os.truncate(path, length)
-                _fsync(path)
+                fsync_path(path)
 
         await anyio.to_thread.run_sync(_truncate, limiter=self._limiter)
 
@@ -122,14 +123,6 @@ def _pwritev(path: Path, offset: int, chunks: Sequence[bytes]) -> int:
                 n = 0
             pending = rest
         return total
-    finally:
-        os.close(fd)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -20,6 +20,7 @@ from .base import (
     UploadNotFound,
     UploadState,
 )
+from .fsync import fsync_path
 from .ids import is_valid_upload_id
 
 
@@ -201,8 +202,4 @@ def _atomic_write(path: Path, payload: bytes, fsync: bool = True) -> None:
     if not fsync:
         return
     # The rename itself is durable only once the directory is synced.
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_path(path.parent)

@@ -18,6 +18,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from .fsync import fsync_path
 from .ids import is_valid_upload_id
 
 _UNSAFE = re.compile(r"[^\w.\- ()+,@=]", re.UNICODE)
@@ -66,7 +67,7 @@ class FinalFiles:
             with tmp.open("rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, target)
-        _fsync_dir(folder)
+        fsync_path(folder)
         return target
 
     def write_json(self, folder: Path, name: str, doc: Any) -> Path:
@@ -85,11 +86,3 @@ class FinalFiles:
 
     def remove(self, namespace: str, upload_id: str) -> None:
         shutil.rmtree(self.directory(namespace, upload_id), ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -7,6 +7,7 @@ import random
 import re
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -255,3 +256,35 @@ def assert_within_slack(offset: int, sent: int, slack: int = SLACK) -> None:
 
 
 # -------------------------------------------------------------------------- tests
+
+
+def race_patches(urls: dict[str, str], data: dict[str, Pattern], size: int,
+                 timeout: float = 20.0) -> dict[str, Response]:
+    """Start one PATCH at offset 0 per name at the same moment; return every response."""
+    conns = {name: RawConn(url) for name, url in urls.items()}
+    results: dict[str, Response | BaseException] = {}
+    go = threading.Barrier(len(conns))
+
+    def run(name: str) -> None:
+        try:
+            conn = conns[name]
+            conn.start_patch(0, size)
+            go.wait(5)
+            conn.send_chunks(data[name].chunks(chunk=128 * KiB))
+            results[name] = conn.read_response(timeout=timeout)
+        except BaseException as e:  # reported below, never raised in the thread
+            results[name] = e
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout * 2)
+    for c in conns.values():
+        c.close()
+    assert not any(t.is_alive() for t in threads)
+    responses: dict[str, Response] = {}
+    for name, res in results.items():
+        assert isinstance(res, Response), f"PATCH {name}: no response: {res!r}"
+        responses[name] = res
+    return responses

@@ -7,7 +7,6 @@ and the sha256 of the finished upload downloaded with GET.
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from collections.abc import Callable
 
@@ -22,12 +21,12 @@ from tests.e2e.rawhttp import (
     MiB,
     Pattern,
     RawConn,
-    Response,
     assert_within_slack,
     create_upload,
     download_sha256,
     head_offset,
     patch,
+    race_patches,
     resume_and_check,
     sha256_of,
 )
@@ -113,37 +112,12 @@ def test_concurrent_patches_do_not_interleave(server: ServerProcess) -> None:
     a, b = Pattern(size, seed="race-a"), Pattern(size, seed="race-b")
     url = create_upload(server, size)
 
-    conns = {"a": RawConn(url), "b": RawConn(url)}
-    results: dict[str, Response | BaseException] = {}
-    go = threading.Barrier(2)
-
-    def run(name: str, data: Pattern) -> None:
-        try:
-            conn = conns[name]
-            conn.start_patch(0, size)
-            go.wait(5)
-            conn.send_chunks(data.chunks(chunk=128 * KiB))
-            results[name] = conn.read_response(timeout=15)
-        except BaseException as e:  # reported below, never raised in the thread
-            results[name] = e
-
-    threads = [threading.Thread(target=run, args=(n, d)) for n, d in (("a", a), ("b", b))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    for c in conns.values():
-        c.close()
-    assert not any(t.is_alive() for t in threads)
-
-    statuses: dict[str, int] = {}
-    for name, res in results.items():
-        assert isinstance(res, Response), f"PATCH {name}: no response: {res!r}"
-        statuses[name] = res.status
+    responses = race_patches({"a": url, "b": url}, {"a": a, "b": b}, size, timeout=15)
+    statuses = {name: res.status for name, res in responses.items()}
     assert set(statuses.values()) <= {204, 409, 423}, statuses
     assert list(statuses.values()).count(204) <= 1, statuses
-    for res in results.values():
-        if isinstance(res, Response) and res.status == 409:
+    for res in responses.values():
+        if res.status == 409:
             assert "upload-offset" in res.headers, res.headers
 
     offset = head_offset(url)

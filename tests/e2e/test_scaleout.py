@@ -13,7 +13,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,11 +29,11 @@ from tests.e2e.rawhttp import (
     MiB,
     Pattern,
     RawConn,
-    Response,
     create_upload,
     download_sha256,
     head_offset,
     patch,
+    race_patches,
     sha256_of,
     upload_id,
     wait_state,
@@ -217,33 +216,9 @@ def test_racing_patches_across_instances_do_not_interleave(
     a, b = Pattern(size, seed=f"xrace-a{round_}"), Pattern(size, seed=f"xrace-b{round_}")
     url = create_upload(a_srv, size)
 
-    conns = {"a": RawConn(on(a_srv, url)), "b": RawConn(on(b_srv, url))}
-    results: dict[str, Response | BaseException] = {}
-    go = threading.Barrier(2)
-
-    def run(name: str, data: Pattern) -> None:
-        try:
-            conn = conns[name]
-            conn.start_patch(0, size)
-            go.wait(5)
-            conn.send_chunks(data.chunks(chunk=128 * KiB))
-            results[name] = conn.read_response(timeout=20)
-        except BaseException as e:  # reported below, never raised in the thread
-            results[name] = e
-
-    threads = [threading.Thread(target=run, args=(n, d)) for n, d in (("a", a), ("b", b))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(40)
-    for c in conns.values():
-        c.close()
-    assert not any(t.is_alive() for t in threads)
-
-    statuses: dict[str, int] = {}
-    for name, res in results.items():
-        assert isinstance(res, Response), f"PATCH {name}: no response: {res!r}"
-        statuses[name] = res.status
+    results = race_patches({"a": on(a_srv, url), "b": on(b_srv, url)}, {"a": a, "b": b}, size)
+    statuses = {name: res.status for name, res in results.items()}
+    for res in results.values():
         if res.status in (409, 423):
             assert "upload-offset" in res.headers, res.headers
     assert set(statuses.values()) <= {204, 409, 423}, statuses
