@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -105,8 +106,11 @@ def _dispatch(table: dict[str, Handler]) -> Handler:
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-async def _dashboard(request: Request) -> Response:
-    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+def _dashboard_page(base_path: str) -> str:
+    page = (STATIC_DIR / "index.html").read_text()
+    # The page finds the tus endpoint in this meta tag, whatever --base-path is.
+    return page.replace('name="tus-endpoint" content="/files/"',
+                        f'name="tus-endpoint" content="{html.escape(base_path)}"')
 
 
 async def _healthz(request: Request) -> Response:
@@ -149,8 +153,13 @@ def create_app(
         Route("/api/uploads/{upload_id}/reprocess", reprocess, methods=["POST"]),
     ]
     if settings.dashboard:
+        page = _dashboard_page(settings.base_path)
+
+        async def dashboard(request: Request) -> Response:
+            return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
         routes += [
-            Route("/", _dashboard, methods=["GET"]),
+            Route("/", dashboard, methods=["GET"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
     app = Starlette(

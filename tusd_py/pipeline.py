@@ -120,7 +120,9 @@ class FinalizeProcessor:
                 f"thumbnailer ran over {settings.processing_timeout:g} s") from None
         if done.returncode == 2:
             reason = (done.stderr.strip().splitlines() or ["unreadable image"])[-1]
-            raise PermanentProcessingError(reason)
+            # Users see this reason: name the file as they know it, not by server path.
+            relative = final.relative_to(self.final.root).as_posix()
+            raise PermanentProcessingError(reason.replace(str(final), relative))
         if done.returncode != 0:
             tail = (done.stderr.strip().splitlines() or [""])[-1]
             raise RuntimeError(f"thumbnailer exited {done.returncode}: {tail}")

@@ -2,7 +2,8 @@
 import { TusUpload, fingerprint, forgetStored, storedUploads, STORAGE_PREFIX } from './tus.js'
 
 const params = new URLSearchParams(location.search)
-const ENDPOINT = new URL(params.get('endpoint') || '/files/', location.href).href
+const ENDPOINT = new URL(params.get('endpoint') ||
+  document.querySelector('meta[name="tus-endpoint"]')?.content || '/files/', location.href).href
 const CHUNK_SIZE = Math.max(1, Number(params.get('chunkMiB')) || 8) * 1024 * 1024
 const POLL_MS = Math.max(250, Number(params.get('pollMs')) || 2000)
 const MAX_ACTIVE = 3

@@ -7,9 +7,12 @@
 //             thumbnailTimeoutMs, timeoutMs, query: "?chunkMiB=8&pollMs=500" }
 //   two_files      pick `files` through the file input; every progress bar reaches 100 %;
 //                  the server list shows each upload.
+//   drop           drop an in-page File (dropName, dropSize) on the drop zone.
 //   thumbnail      pick files[0] (an image); wait until the server list shows it processed
 //                  (with its <img> thumbnail loaded) or failed (with the reason shown).
 //   pause_resume   throttled; pause at ~25 %, check nothing moves while paused, resume.
+//   network_drop   throttled; the network goes offline at ~20 % and comes back; it resumes
+//                  by itself.
 //   reload_resume  throttled; reload the page at ~30 %, pick the same file again, it resumes.
 // Output: one JSON line, {ok, ...scenario-specific fields, pageErrors, consoleErrors}.
 
@@ -23,7 +26,7 @@ async function openDashboard (browser, s) {
   page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()) })
   page.setDefaultTimeout(s.stepTimeoutMs || 60000)
   await page.goto(`${s.origin}/${s.query || ''}`)
-  await page.waitForSelector('#server-uploads[data-loaded="true"]')
+  await page.waitForSelector('#server-uploads[data-loaded="true"]', { state: 'attached' })
   return { page, pageErrors, consoleErrors }
 }
 
@@ -85,7 +88,39 @@ const scenarios = {
     const labels = await page.$$eval('.transfer progress', (ns) => ns.map((n) =>
       n.getAttribute('aria-label')))
     if (s.screenshot) await page.screenshot({ path: s.screenshot, fullPage: true })
-    return { transfers, rows, liveRegion, labels, pageErrors, consoleErrors }
+    // Keyboard: the skip link first, then the (visually hidden) file input.
+    await page.evaluate(() => document.activeElement?.blur())
+    const tabOrder = []
+    for (let i = 0; i < 2; i++) {
+      await page.keyboard.press('Tab')
+      tabOrder.push(await page.evaluate(() => document.activeElement?.id ||
+        document.activeElement?.className || document.activeElement?.tagName))
+    }
+    // A phone: nothing wider than the screen.
+    await page.setViewportSize({ width: 360, height: 740 })
+    const phone = await page.evaluate(() => ({
+      scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth
+    }))
+    if (s.phoneScreenshot) await page.screenshot({ path: s.phoneScreenshot, fullPage: true })
+    return { transfers, rows, liveRegion, labels, tabOrder, phone, pageErrors, consoleErrors }
+  },
+
+  async drop (browser, s) {
+    const { page, pageErrors, consoleErrors } = await openDashboard(browser, s)
+    // A File dropped on the zone, as a drag from the desktop delivers it.
+    const dataTransfer = await page.evaluateHandle(([name, size]) => {
+      const dt = new DataTransfer()
+      const bytes = new Uint8Array(size).map((_, i) => (i * 7) & 255)
+      dt.items.add(new File([bytes], name, { type: 'text/plain' }))
+      return dt
+    }, [s.dropName, s.dropSize])
+    await page.dispatchEvent('#dropzone', 'dragenter', { dataTransfer })
+    const highlighted = await page.$eval('#dropzone', (n) => n.classList.contains('dragging'))
+    await page.dispatchEvent('#dropzone', 'drop', { dataTransfer })
+    const done = await waitDone(page, s.dropName)
+    const highlightedAfter = await page.$eval('#dropzone', (n) =>
+      n.classList.contains('dragging'))
+    return { highlighted, highlightedAfter, done, pageErrors, consoleErrors }
   },
 
   async thumbnail (browser, s) {
@@ -142,6 +177,29 @@ const scenarios = {
       done, pageErrors, consoleErrors }
   },
 
+  async network_drop (browser, s) {
+    const { page, pageErrors, consoleErrors } = await openDashboard(browser, s)
+    const rate = s.throttleBytesPerSec || 4 * 1024 * 1024
+    const cdp = await throttle(page, rate)
+    const name = baseName(s.files[0])
+    await page.setInputFiles('#file-input', s.files[0])
+    await waitPercent(page, name, 20)
+    const before = await transferInfo(page, name)
+    // The network goes away mid-chunk ...
+    await cdp.send('Network.emulateNetworkConditions',
+      { offline: true, latency: 0, downloadThroughput: -1, uploadThroughput: -1 })
+    await page.waitForSelector(
+      `${transfer(name)}[data-state="offline"], ${transfer(name)}[data-state="retrying"]`)
+    const during = await transferInfo(page, name)
+    await page.waitForTimeout(1500)
+    const serverOffsetWhileOffline = await headOffset(before.url)
+    // ... and comes back: the upload goes on by itself, no click.
+    await cdp.send('Network.emulateNetworkConditions',
+      { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: rate })
+    const done = await waitDone(page, name)
+    return { before, during, serverOffsetWhileOffline, done, pageErrors, consoleErrors }
+  },
+
   async reload_resume (browser, s) {
     const { page, pageErrors, consoleErrors } = await openDashboard(browser, s)
     await throttle(page, s.throttleBytesPerSec || 4 * 1024 * 1024)
@@ -151,7 +209,7 @@ const scenarios = {
     const before = await transferInfo(page, name)
     log('reloading at', before.sent)
     await page.reload()
-    await page.waitForSelector('#server-uploads[data-loaded="true"]')
+    await page.waitForSelector('#server-uploads[data-loaded="true"]', { state: 'attached' })
     // The earlier visit's upload is offered for resuming ...
     await page.waitForSelector(`#interrupted-list li[data-key*="${name}"]`)
     await page.waitForFunction(() =>
