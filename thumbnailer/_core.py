@@ -6,7 +6,6 @@ import logging
 import os
 import resource
 import struct
-import tempfile
 import threading
 import time
 import warnings
@@ -14,11 +13,11 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image
 
-from ._reduce import Accumulator, normalise, split_reduce, to_output_mode
+from ._reduce import Accumulator, normalise, resize, split_reduce, to_output_mode
 from ._tiff import TiffDecoder, TiffError, choose_level, describe, levels, run_tasks
 from ._tiffio import TiffFormatError, read_structure
 
@@ -141,7 +140,7 @@ def make_thumbnails(
             meta, acc_img, box, icc = _tiff(p, sizes, max_pixels, workers)
         else:
             meta, acc_img, box, icc = _pillow(p, kind, sizes, max_pixels)
-        meta["thumbnails"] = _write(p, out_dir, acc_img, box, icc, meta, sizes, fmt)
+        meta["thumbnails"] = _write(p, out_dir, acc_img, box, icc, meta, sizes, fmt, workers)
     except ImageError:
         raise
     except (TiffError, TiffFormatError) as e:
@@ -291,9 +290,26 @@ def _bits(im: Image.Image, p: Path) -> int:
     return 8
 
 
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
+def _create_temp(directory: Path, prefix: str, suffix: str) -> tuple[Path, BinaryIO]:
+    """A new file (exclusive, mode 0600) for an atomic replace. Not tempfile: importing it pulls
+    in shutil, random and the compression modules, a noticeable start-up cost. The file object
+    keeps its path as `name`, so Pillow picks the plugin from the extension."""
+    for _ in range(100):
+        tmp = directory / f"{prefix}.{os.urandom(6).hex()}{suffix}"
+        try:
+            return tmp, open(tmp, "xb", opener=_private)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file in {directory}")
+
+
 def _write(p: Path, out_dir: str | os.PathLike[str], acc: Image.Image,
            box: tuple[float, float, float, float], icc: bytes | None, meta: dict[str, Any],
-           sizes: list[int], fmt: str) -> list[dict[str, Any]]:
+           sizes: list[int], fmt: str, workers: int = 1) -> list[dict[str, Any]]:
     t0 = time.monotonic()
     img, converted = to_output_mode(acc, icc)
     keep_icc = icc if icc and not converted and acc.mode != "CMYK" else None
@@ -316,19 +332,20 @@ def _write(p: Path, out_dir: str | os.PathLike[str], acc: Image.Image,
             if k not in reduced:
                 reduced[k] = img.reduce(k) if k > 1 else img
             b = (0.0, 0.0, box[2] / k, box[3] / k)
-            t = reduced[k].resize((tw, th), Image.Resampling.LANCZOS, box=b)
+            t = resize(reduced[k], (tw, th), b, workers)
         if transpose is not None:
             t = t.transpose(transpose)
         name = f"thumb-{n}.{ext}"
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
+        # the temp name keeps the extension: Pillow then loads only that format's plugin
+        tmp, f = _create_temp(out, f".thumb-{n}", f".{ext}")
         try:
-            with os.fdopen(fd, "wb") as f:
+            with f:
                 # 4:4:4 chroma: subsampling visibly smears colour edges at thumbnail sizes
                 opts: dict[str, Any] = ({"quality": 90, "subsampling": 0} if fmt == "jpeg"
                                         else {"quality": 90})
                 if keep_icc:
                     opts["icc_profile"] = keep_icc
-                t.save(f, format="JPEG" if fmt == "jpeg" else "WEBP", **opts)
+                t.save(f, **opts)
             os.replace(tmp, out / name)
         except BaseException:
             with suppress(OSError):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import os
 import struct
-from dataclasses import dataclass, field
 from typing import BinaryIO
 
 # TIFF field types: size in bytes and struct code (None: kept as bytes)
@@ -30,13 +29,15 @@ class TiffFormatError(Exception):
     """The file is not a well-formed TIFF."""
 
 
-@dataclass
 class Entry:
-    tag: int
-    type: int
-    count: int
-    raw: bytes
-    byteorder: str
+    __slots__ = ("byteorder", "count", "raw", "tag", "type")
+
+    def __init__(self, tag: int, typ: int, count: int, raw: bytes, byteorder: str) -> None:
+        self.tag = tag
+        self.type = typ
+        self.count = count
+        self.raw = raw
+        self.byteorder = byteorder
 
     def values(self) -> tuple[int | float, ...]:
         _size, code = TYPE_SIZES[self.type]
@@ -48,11 +49,13 @@ class Entry:
         return struct.unpack(f"{self.byteorder}{self.count}{code}", self.raw)
 
 
-@dataclass
 class Ifd:
-    offset: int
-    entries: dict[int, Entry] = field(default_factory=dict)
-    next_offset: int = 0
+    __slots__ = ("entries", "next_offset", "offset")
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self.entries: dict[int, Entry] = {}
+        self.next_offset = 0
 
     def has(self, tag: int) -> bool:
         return tag in self.entries
@@ -78,13 +81,16 @@ class Ifd:
         return None if e is None else e.raw
 
 
-@dataclass
 class TiffStructure:
-    byteorder: str  # "<" or ">"
-    bigtiff: bool
-    size: int  # file size
-    pages: list[Ifd]  # main IFD chain
-    subifds: list[Ifd]  # SubIFDs of the first page
+    __slots__ = ("bigtiff", "byteorder", "pages", "size", "subifds")
+
+    def __init__(self, byteorder: str, bigtiff: bool, size: int, pages: list[Ifd],
+                 subifds: list[Ifd]) -> None:
+        self.byteorder = byteorder  # "<" or ">"
+        self.bigtiff = bigtiff
+        self.size = size  # file size
+        self.pages = pages  # main IFD chain
+        self.subifds = subifds  # SubIFDs of the first page
 
 
 def read_structure(fp: BinaryIO) -> TiffStructure:

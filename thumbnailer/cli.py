@@ -69,9 +69,6 @@ def _arm_timeout(path: str, seconds: float) -> None:
     def on_alarm(signum: int, frame: FrameType | None) -> None:
         raise _Timeout
 
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-
     # Backstop for a codec stuck in C code where the Python handler cannot run.
     def watchdog() -> None:
         sys.stderr.write(f"thumbnailer: {path}: processing took longer than {seconds:g} s\n")
@@ -81,6 +78,9 @@ def _arm_timeout(path: str, seconds: float) -> None:
     t = threading.Timer(seconds + 5.0, watchdog)
     t.daemon = True
     t.start()
+    # armed last, so the alarm cannot interrupt the set-up above
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
 
 
 class _KeyValueFormatter(logging.Formatter):
@@ -103,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
         lg.addHandler(handler)
         lg.setLevel(logging.INFO)
     _limit_memory(args.memory_mb)
-    _arm_timeout(args.path, args.timeout)
     try:
+        _arm_timeout(args.path, args.timeout)
         meta = make_thumbnails(args.path, args.out, sizes=args.sizes or DEFAULT_SIZES,
                                fmt=args.format, max_pixels=args.max_pixels,
                                workers=args.workers)

@@ -111,11 +111,13 @@ def alpha(mode: str) -> Callable[[Path], Case]:
     return build
 
 
-def palette(tmp: Path) -> Case:
-    im = _rgb().quantize(64)
-    p = tmp / "img.tif"
-    im.save(p, compression="tiff_lzw")
-    return p, im.convert("RGB"), {"mode": "P"}
+def palette(compression: str = "tiff_lzw") -> Callable[[Path], Case]:
+    def build(tmp: Path) -> Case:
+        im = _rgb().quantize(64)
+        p = tmp / "img.tif"
+        im.save(p, compression=compression)
+        return p, im.convert("RGB"), {"mode": "P"}
+    return build
 
 
 def cmyk(with_icc: bool) -> Callable[[Path], Case]:
@@ -234,7 +236,8 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "planar-separate": planar,
     "rgba": alpha("RGBA"),
     "la": alpha("LA"),
-    "palette": palette,
+    "palette": palette(),
+    "palette-none": palette("raw"),
     "cmyk": cmyk(False),
     "cmyk-icc": cmyk(True),
     "orientation": orientation,
