@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,9 @@ class FileStateStore:
         self.dir = root / "uploads"
         self.fsync = fsync
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._locks: dict[str, anyio.Lock] = {}
+        # Weak values: a lock lives only while some task holds or waits for it.
+        self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = (
+            weakref.WeakValueDictionary())
         self._limiter = anyio.CapacityLimiter(4)
 
     def _path(self, upload_id: str) -> Path:
@@ -68,7 +71,10 @@ class FileStateStore:
         return self.dir / f"{upload_id}.info"
 
     def _lock(self, upload_id: str) -> anyio.Lock:
-        return self._locks.setdefault(upload_id, anyio.Lock())
+        lock = self._locks.get(upload_id)
+        if lock is None:
+            lock = self._locks[upload_id] = anyio.Lock()
+        return lock
 
     async def _read(self, upload_id: str) -> UploadInfo:
         path = self._path(upload_id)
@@ -186,7 +192,6 @@ class FileStateStore:
         path = self._path(upload_id)
         async with self._lock(upload_id):
             await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
-        self._locks.pop(upload_id, None)
 
 
 def _atomic_write(path: Path, payload: bytes, fsync: bool = True) -> None:

@@ -121,6 +121,7 @@ class RedisLocker:
                 "acquire", [lock_key(upload_id), epoch_key(upload_id)],
                 [owner, self.lease_ms, HEARTBEAT_PREFIX]))
             if epoch:
+                self._unlocked.pop(upload_id, None)
                 return epoch
             now = anyio.current_time()
             if now >= deadline:
