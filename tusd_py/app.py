@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from storage import Backend, FinalFiles, Processor, StorageUnavailable, embedded_backend
 
-from . import logs
+from . import ietf, logs
 from .completion import start_processing
 from .context import TusContext
 from .cors import CORSMiddleware, OriginPolicy
@@ -88,9 +88,19 @@ async def _render_crash(request: Request, exc: Exception) -> Response:
     return await _render_tus_error(request, TusError.internal(f"{type(exc).__name__}"))
 
 
-def _dispatch(table: dict[str, Handler]) -> Handler:
+def _dispatch(table: dict[str, Handler], draft: dict[str, ietf.DraftHandler]) -> Handler:
+    """tus handlers, or the IETF draft's for a request with Upload-Draft-Interop-Version."""
+
     async def endpoint(request: Request) -> Response:
         try:
+            if ietf.is_draft(request) and request.method != "GET":
+                if "tus-resumable" in request.headers and request.method != "OPTIONS":
+                    raise ietf.conflict()
+                return await ietf.handle(request, draft)
+            if request.method not in table:
+                # PUT creates uploads for the draft only.
+                return PlainTextResponse("method not allowed\n", status_code=405,
+                                         headers={"Allow": ", ".join(table)})
             return await table[request.method](request)
         except TusError:
             raise
@@ -138,12 +148,12 @@ def create_app(
         await backend.aclose()
 
     base = settings.base_path
-    collection = _dispatch({"POST": post, "OPTIONS": options})
+    collection = _dispatch({"POST": post, "OPTIONS": options}, ietf.COLLECTION)
     resource = _dispatch({"HEAD": head, "PATCH": patch, "DELETE": delete, "GET": get,
-                          "OPTIONS": options})
+                          "OPTIONS": options}, ietf.RESOURCE)
     routes: list[BaseRoute] = [
-        Route(base, collection, methods=["POST", "OPTIONS"]),
-        Route(base.rstrip("/"), collection, methods=["POST", "OPTIONS"]),
+        Route(base, collection, methods=["POST", "PUT", "OPTIONS"]),
+        Route(base.rstrip("/"), collection, methods=["POST", "PUT", "OPTIONS"]),
         Route(base + "{upload_id}", resource,
               methods=["HEAD", "PATCH", "DELETE", "GET", "OPTIONS"]),
         Route("/healthz", _healthz, methods=["GET"]),

@@ -210,6 +210,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from .app import create_app
+    from .informational import PROTOCOL_PATH
 
     logs.configure(settings.log_level, settings.log_format)
     if settings.workers > 1 and not settings.redis_url:
@@ -222,6 +223,9 @@ def serve(settings: Settings) -> None:
         # Forwarded headers are handled by --behind-proxy, never implicitly by uvicorn.
         proxy_headers=False, server_header=False, access_log=False,
         timeout_graceful_shutdown=10,
+        # uvicorn's own protocol plus an ASGI extension for `104 Upload Resumption
+        # Supported` interim responses (tusd_py/informational.py).
+        http=PROTOCOL_PATH,
     )
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     logs.event("server.listening", url=f"http://{host}:{settings.port}{settings.base_path}",

@@ -7,18 +7,19 @@ import re
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-ALLOW_METHODS = "POST, HEAD, PATCH, OPTIONS, GET, DELETE"
+ALLOW_METHODS = "POST, HEAD, PATCH, OPTIONS, GET, DELETE, PUT"
 ALLOW_HEADERS = ", ".join([
     "Authorization", "Origin", "X-Requested-With", "X-Request-ID", "X-HTTP-Method-Override",
     "Content-Type", "Upload-Length", "Upload-Offset", "Tus-Resumable", "Upload-Metadata",
     "Upload-Defer-Length", "Upload-Concat", "Upload-Checksum", "Upload-Complete",
-    "Upload-Incomplete", "Upload-Draft-Interop-Version",
+    "Upload-Incomplete", "Upload-Draft-Interop-Version", "Content-Disposition",
 ])
 EXPOSE_HEADERS = ", ".join([
     "Upload-Offset", "Location", "Upload-Length", "Tus-Version", "Tus-Resumable",
     "Tus-Max-Size", "Tus-Extension", "Tus-Checksum-Algorithm", "Upload-Metadata",
     "Upload-Defer-Length", "Upload-Concat", "Upload-Expires", "Upload-Limit",
-    "Upload-Complete", "Upload-Draft-Interop-Version", "Content-Range", "Content-Disposition",
+    "Upload-Complete", "Upload-Incomplete", "Upload-Draft-Interop-Version", "Content-Range",
+    "Content-Disposition", "Accept-Patch",
 ])
 MAX_AGE = "86400"
 

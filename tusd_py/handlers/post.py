@@ -60,7 +60,7 @@ async def post(request: Request) -> Response:
     if body_length is not None and limit is not None and body_length > limit:
         raise TusError.too_large(f"body of {body_length} bytes exceeds the upload's length")
 
-    info = await _create(ctx, UploadInfo(
+    info = await create_record(ctx, UploadInfo(
         id=new_upload_id(), size=size, metadata=metadata, partial=concat is not None,
         expires_at=None if size == 0 else ctx.next_expiry(),
     ))
@@ -93,7 +93,7 @@ async def post(request: Request) -> Response:
     return Response(status_code=201, headers=headers)
 
 
-async def _create(ctx: TusContext, info: UploadInfo) -> UploadInfo:
+async def create_record(ctx: TusContext, info: UploadInfo) -> UploadInfo:
     now = time.time()
     info = info.evolve(created_at=now, updated_at=now)
     await ctx.backend.data.create(info.id)
@@ -118,7 +118,7 @@ async def _create_final(
     max_size = ctx.settings.max_size
     if max_size and total is not None and total > max_size:
         raise TusError.too_large(f"concatenated length {total} exceeds Tus-Max-Size {max_size}")
-    info = await _create(ctx, UploadInfo(
+    info = await create_record(ctx, UploadInfo(
         id=new_upload_id(), size=total, metadata=metadata, parts=tuple(ids),
         expires_at=ctx.next_expiry(),
     ))
