@@ -105,7 +105,12 @@ def _dispatch(table: dict[str, Handler], draft: dict[str, ietf.DraftHandler]) ->
         except TusError:
             raise
         except StorageUnavailable as exc:
-            raise TusError.unavailable(str(exc.__cause__ or exc)) from exc
+            error = TusError.unavailable(str(exc.__cause__ or exc))
+            if request.method == "HEAD":
+                # tus-js-client starts over from byte 0 after any failed HEAD except a 423
+                # ("retry later"): an outage must not cost the client its upload.
+                error.status = 423
+            raise error from exc
         except Exception as exc:
             # Rendered here, inside the CORS middleware, so browsers can read the 500.
             return await _render_crash(request, exc)

@@ -86,6 +86,7 @@ class TusContext:
             await finish_waiting_finals(self, info.id)
         else:
             await self.backend.queue.notify(info.id)
+            logs.event("processing.queued", info.id)
 
 
 def require_tus_resumable(request: Request) -> None:

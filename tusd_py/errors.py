@@ -126,7 +126,7 @@ class TusError(Exception):
     @classmethod
     def unavailable(cls, why: str) -> TusError:
         return cls(503, "ERR_STORAGE_UNAVAILABLE",
-                   f"upload state store unavailable ({why}); retry later")
+                   f"upload state store unavailable ({why}); retry later", {"Retry-After": "1"})
 
     @classmethod
     def internal(cls, why: str) -> TusError:

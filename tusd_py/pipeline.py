@@ -127,8 +127,11 @@ class FinalizeProcessor:
             tail = (done.stderr.strip().splitlines() or [""])[-1]
             raise RuntimeError(f"thumbnailer exited {done.returncode}: {tail}")
         image: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        width, height = int(image.get("width") or 0), int(image.get("height") or 0)
         logs.event("processing.image", info.id, format=image.get("format"),
-                   width=image.get("width"), height=image.get("height"),
+                   width=width, height=height,
+                   # What a naive full decode to RGB would have needed.
+                   full_decode_mb=round(width * height * 3 / 2**20),
                    path=image.get("path"), reduction=image.get("reduction"),
                    peak_rss_mb=image.get("peak_rss_mb"))
         for thumb in image.get("thumbnails", []):

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 if TYPE_CHECKING:
-    from tests.conftest import ServerProcess
+    from tests.conftest import RedisServer, ServerProcess
 
 MiB = 1 << 20
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
@@ -649,3 +649,62 @@ def test_large_2gib_single_patch_bounded_server_memory(
     finally:
         server.stop()
         shutil.rmtree(upload_dir, ignore_errors=True)
+
+
+def test_retry_after_503_while_redis_is_down(
+    start_server: Callable[..., ServerProcess], redis_server: RedisServer, redis_url: str,
+    src20: tuple[Path, str, int],
+) -> None:
+    """The server answers 503 while its state store is gone; tus-js-client retries 5xx."""
+    server = start_server("--network-timeout", "3", "--redis-url", redis_url)
+    path, sha, size = src20
+    run = NodeRun({
+        "endpoint": server.url, "file": str(path), "throttleBytesPerSec": 8 * MiB,
+        "timeoutMs": 110_000,
+        "options": {"retryDelays": [500, 1000, 1000, 1000, 2000, 2000, 2000, 4000],
+                    "metadata": {"filename": "redis-blip.bin"}},
+    })
+    reached = run.wait_for(
+        lambda e: e["event"] == "progress" and e["bytes"] >= 0.3 * size, timeout=60)
+    assert reached, f"upload never reached 30 %: {run.events[-5:]} {run.stderr_lines[-10:]}"
+    redis_server.stop()
+    try:
+        time.sleep(3)  # the PATCH's next checkpoint fails; HEAD retries get 503
+    finally:
+        redis_server.start()
+    res = run.result(timeout=120)
+    url = assert_success(server, res)
+    # HEAD answers 423 during the outage (tus-js-client would start over after a 5xx HEAD),
+    # PATCH and POST 503: either way the client retries the same upload.
+    outage = [r["status"] for r in res["requests"] if r["status"] in (423, 503)]
+    assert outage, explain(server, res)
+    assert len(requests_of(res, "POST")) == 1, explain(server, res)
+    info = assert_stored(server, url, sha, size)
+    assert info["metadata"].get("filename") == "redis-blip.bin", info
+
+
+def test_jpeg_from_tus_js_client_is_processed_with_thumbnails(
+    server: ServerProcess, tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    photo = tmp_path / "photo.jpg"
+    Image.linear_gradient("L").resize((2400, 1600)).convert("RGB").save(photo, quality=85)
+    res = run_upload({"endpoint": server.url, "file": str(photo),
+                      "options": {"metadata": {"filename": "photo.jpg",
+                                               "filetype": "image/jpeg"}}})
+    url = assert_success(server, res)
+    upload_id = url.rsplit("/", 1)[1]
+    deadline = time.monotonic() + 60
+    while True:
+        doc = httpx.get(f"{server.origin}/api/uploads/{upload_id}", timeout=10).json()
+        if doc["state"] in ("processed", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert doc["state"] == "processed", doc
+    assert doc["image"]["format"].upper() == "JPEG"
+    assert (doc["image"]["width"], doc["image"]["height"]) == (2400, 1600)
+    assert {t["name"]: (t["width"], t["height"]) for t in doc["thumbnails"]} == {
+        "thumb-256.jpg": (256, 171), "thumb-1024.jpg": (1024, 683)}
+    assert doc["file"]["sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
+    assert httpx.head(url, headers={"Tus-Resumable": "1.0.0"}).status_code == 200
