@@ -3,8 +3,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from storage import LockTimeout
+from storage import LockTimeout, UploadState
 
+from .. import logs
 from ..context import get_context, require_tus_resumable
 from ..errors import TusError
 from ..protocol import TUS_VERSION, http_date, render_metadata
@@ -23,6 +24,9 @@ async def head(request: Request) -> Response:
             info = await ctx.load(upload_id)
     except LockTimeout:
         raise TusError.locked() from None
+    if info.state is UploadState.UPLOADING and info.offset > 0:
+        # Clients ask for the offset when they come back after an interruption.
+        logs.event("upload.resumed", upload_id, offset=info.offset, size=info.size)
     headers = {"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store"}
     final_waiting = info.is_final and not info.state.finished
     # 'The Server SHOULD NOT include the Upload-Offset header unless the concatenation
@@ -40,6 +44,6 @@ async def head(request: Request) -> Response:
     elif info.is_final:
         base = ctx.settings.base_path
         headers["Upload-Concat"] = "final;" + " ".join(f"{base}{p}" for p in info.parts)
-    if info.state.value == "uploading" and info.expires_at is not None:
+    if info.state is UploadState.UPLOADING and info.expires_at is not None:
         headers["Upload-Expires"] = http_date(info.expires_at)
     return Response(status_code=200, headers=headers)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
@@ -48,8 +50,8 @@ async def receive_body(
     if length is not None and length > limit:
         raise TusError.too_large(f"body of {length} bytes exceeds the {limit} bytes remaining")
     await ctx.backend.data.truncate(info.id, info.offset)  # a crash may have left a tail
-    if info.offset > 0:
-        logs.event("upload.resumed", info.id, offset=info.offset, size=info.size)
+    logs.event("upload.patch", info.id, level=logging.DEBUG, offset=info.offset,
+               content_length=length)
     result = await pump_body(ctx, request.stream(), info, lease, release,
                              limit=limit, checksum=checksum)
     if result.outcome is not Outcome.DONE:
