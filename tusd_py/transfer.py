@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import hmac
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -143,11 +144,15 @@ async def pump_body(
             async with send:
                 pending: list[bytes] = []
                 pending_len = 0
+                # One scope whose deadline moves with every chunk: cheaper than a new
+                # timeout scope per chunk, and time spent waiting for the disk (send) does
+                # not count as network idleness.
+                idle = anyio.CancelScope()
                 try:
-                    with release:
+                    with release, idle:
                         while True:
-                            with anyio.fail_after(settings.network_timeout):
-                                chunk = await anext(stream, b"")
+                            idle.deadline = anyio.current_time() + settings.network_timeout
+                            chunk = await anext(stream, b"")
                             if not chunk:
                                 break
                             if received + len(chunk) > limit:
@@ -159,16 +164,17 @@ async def pump_body(
                             pending.append(chunk)
                             pending_len += len(chunk)
                             if pending_len >= settings.write_buffer_bytes:
+                                idle.deadline = math.inf
                                 await send.send(pending)
                                 pending, pending_len = [], 0
                             if outcome is Outcome.TOO_LARGE:
                                 break
                     if release.cancelled_caught:
                         outcome = Outcome.RELEASED
+                    elif idle.cancelled_caught:
+                        outcome = Outcome.TIMED_OUT
                 except ClientDisconnect:
                     outcome = Outcome.DISCONNECTED
-                except TimeoutError:
-                    outcome = Outcome.TIMED_OUT
                 if pending and (hasher is None or outcome is Outcome.DONE):
                     await send.send(pending)
     finally:
