@@ -247,3 +247,37 @@ def test_post_finish_hook_gets_tusd_shaped_json(
     assert event["Event"]["Upload"]["Size"] == 6
     assert event["TusdPy"]["state"] == "processed"
     assert event["TusdPy"]["file"]["sha256"] == hashlib.sha256(b"hooked").hexdigest()
+
+
+def test_separate_worker_processes_what_the_server_queues(
+        start_server: Callable[..., ServerProcess], redis_url: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    shared = tmp_path / "shared"
+    server = start_server("--redis-url", redis_url, "--no-processing", upload_dir=shared)
+    url = upload(server, b"processed elsewhere", "w.txt")
+    time.sleep(1.0)
+    assert api(server, url)["state"] == "completed"  # the server itself does not process
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tusd_py", "worker", "--redis-url", redis_url,
+         "--upload-dir", str(shared)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        doc = wait_for(server, url, {"processed", "failed"})
+    finally:
+        worker.terminate()
+        worker.wait(10)
+    assert doc["state"] == "processed", (tmp_path / "worker.log").read_text()
+    assert (shared / "final" / doc["file"]["path"]).read_bytes() == b"processed elsewhere"
+    assert f"processing.done upload_id={doc['id']}" in (tmp_path / "worker.log").read_text()
+
+
+def test_worker_refuses_the_embedded_store(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tusd_py", "worker", "--upload-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "needs --redis-url" in done.stderr
