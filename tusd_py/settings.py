@@ -27,7 +27,7 @@ class Settings:
     lock_timeout: float = 20.0  # how long a request waits for an upload's lock before 423
     checkpoint_bytes: int = 32 << 20  # fsync + commit at least this often during a PATCH
     checkpoint_seconds: float = 2.0
-    write_buffer_bytes: int = 4 << 20  # body chunks are coalesced to this before pwritev
+    write_buffer_bytes: int = 1 << 20  # body chunks are coalesced to this before pwritev
     sweep_interval: float = 60.0
     tombstone_seconds: float = 7 * 24 * 3600.0  # how long terminated/expired ids answer 410
     final_dir: Path | None = None  # default <upload_dir>/final

@@ -42,14 +42,18 @@ def remaining_bytes(ctx: TusContext, info: UploadInfo) -> int:
 
 async def receive_body(
     ctx: TusContext, request: Request, info: UploadInfo, lease: Lease,
-    release: anyio.CancelScope, checksum: tuple[str, bytes] | None,
+    release: anyio.CancelScope, checksum: tuple[str, bytes] | None, *, fresh: bool = False,
 ) -> PumpResult:
-    """Store the request body at the upload's offset and report what happened."""
+    """Store the request body at the upload's offset and report what happened.
+
+    `fresh`: the upload was created by this very request, so it has no stale tail.
+    """
     limit = remaining_bytes(ctx, info)
     length = content_length(request)
     if length is not None and length > limit:
         raise TusError.too_large(f"body of {length} bytes exceeds the {limit} bytes remaining")
-    await ctx.backend.data.truncate(info.id, info.offset)  # a crash may have left a tail
+    if not fresh:
+        await ctx.backend.data.truncate(info.id, info.offset)  # a crash may have left a tail
     logs.event("upload.patch", info.id, level=logging.DEBUG, offset=info.offset,
                content_length=length)
     result = await pump_body(ctx, request.stream(), info, lease, release,

@@ -76,7 +76,8 @@ async def post(request: Request) -> Response:
                                                           expected=0, new=0)
                     await ctx.completed(info)
                 else:
-                    result = await receive_body(ctx, request, info, lease, release, checksum)
+                    result = await receive_body(ctx, request, info, lease, release, checksum,
+                                                fresh=True)
         except LockTimeout:
             raise TusError.locked() from None
     if size != 0 and with_body:
