@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import anyio.to_thread
 from starlette.requests import Request
 
-from storage import Backend, FinalFiles, UploadInfo, UploadNotFound, UploadState, is_valid_upload_id
+from storage import (
+    Backend,
+    FinalFiles,
+    InvalidTransition,
+    LockTimeout,
+    UploadInfo,
+    UploadNotFound,
+    UploadState,
+    is_valid_upload_id,
+)
 
 from . import logs
 from .concat import finish_waiting_finals
@@ -16,6 +26,8 @@ from .errors import TusError
 from .protocol import CHECKSUM_ALGORITHMS, TUS_VERSION
 from .proxy import public_origin
 from .settings import Settings
+
+_TERMINABLE = frozenset(s for s in UploadState if not s.gone)
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,40 @@ class TusContext:
         if (info.state is UploadState.UPLOADING and info.expires_at is not None
                 and info.expires_at <= time.time()):
             raise TusError.gone("expired")
+        return info
+
+    async def load_settled(self, upload_id: str) -> UploadInfo:
+        """The record read under the upload's lock.
+
+        Taking the lock makes a stale PATCH save its bytes and let go first, so the
+        offset reported is the one a client must resume from (tusd does the same).
+        """
+        await self.load(upload_id)  # 404/410 without waiting for the lock
+        try:
+            async with self.backend.locker.hold(upload_id, on_release_requested=lambda: None,
+                                                timeout=self.settings.lock_timeout):
+                return await self.load(upload_id)
+        except LockTimeout:
+            raise TusError.locked() from None
+
+    async def terminate(self, upload_id: str, **log_fields: Any) -> UploadInfo:
+        """Stop any transfer, remove bytes and outputs, keep a tombstone (410 afterwards)."""
+        await self.load(upload_id)
+        try:
+            async with self.backend.locker.hold(upload_id, on_release_requested=lambda: None,
+                                                timeout=self.settings.lock_timeout):
+                info = await self.load(upload_id)
+                await self.backend.data.delete(upload_id)
+                await self.discard_outputs(info)
+                try:
+                    await self.backend.state.transition(upload_id, UploadState.TERMINATED,
+                                                        expect=_TERMINABLE)
+                except InvalidTransition:
+                    raise TusError.gone("terminated") from None
+        except LockTimeout:
+            raise TusError.locked() from None
+        logs.event("upload.terminated", upload_id, offset=info.offset, size=info.size,
+                   **log_fields)
         return info
 
     async def completed(self, info: UploadInfo) -> None:

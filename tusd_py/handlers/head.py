@@ -3,11 +3,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from storage import LockTimeout, UploadState
+from storage import UploadState
 
 from .. import logs
 from ..context import get_context, require_tus_resumable
-from ..errors import TusError
 from ..protocol import TUS_VERSION, http_date, render_metadata
 
 
@@ -15,15 +14,7 @@ async def head(request: Request) -> Response:
     require_tus_resumable(request)
     ctx = get_context(request)
     upload_id = request.path_params["upload_id"]
-    info = await ctx.load(upload_id)
-    # Taking the lock makes a stale PATCH save its bytes first, so the offset we
-    # report is the one the client must resume from (tusd does the same).
-    try:
-        async with ctx.backend.locker.hold(upload_id, on_release_requested=lambda: None,
-                                           timeout=ctx.settings.lock_timeout):
-            info = await ctx.load(upload_id)
-    except LockTimeout:
-        raise TusError.locked() from None
+    info = await ctx.load_settled(upload_id)
     if info.state is UploadState.UPLOADING and info.offset > 0:
         # Clients ask for the offset when they come back after an interruption.
         logs.event("upload.resumed", upload_id, offset=info.offset, size=info.size)

@@ -12,8 +12,6 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from storage import LockTimeout
-
 from ..context import get_context
 from ..errors import TusError
 from .state import state_headers
@@ -31,15 +29,6 @@ async def retrieve_offset(request: Request, draft: Draft) -> Response:
                        "offset retrieval must not carry Upload-Offset or "
                        f"{draft.complete_field}")
     ctx = get_context(request)
-    upload_id = request.path_params["upload_id"]
-    await ctx.load(upload_id)
-    # Taking the lock stops a stale transfer, which saves its bytes first: the offset we
-    # report is then one the client can use ('MUST NOT send outdated information').
-    try:
-        async with ctx.backend.locker.hold(upload_id, on_release_requested=lambda: None,
-                                           timeout=ctx.settings.lock_timeout):
-            info = await ctx.load(upload_id)
-    except LockTimeout:
-        raise TusError.locked() from None
+    info = await ctx.load_settled(request.path_params["upload_id"])
     headers = {**state_headers(ctx, draft, info), "Cache-Control": "no-store"}
     return Response(status_code=204, headers=headers)
