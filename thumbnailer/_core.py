@@ -27,6 +27,7 @@ DEFAULT_SIZES = (256, 1024)
 DEFAULT_MAX_PIXELS = 1_000_000_000
 # Formats other than TIFF are decoded whole (JPEG after DCT scaling): cap the decoded size.
 FULL_DECODE_MAX_PIXELS = 64_000_000
+OVERLAP_MAX_PIXELS = 4_000_000  # accumulator size up to which thumbnail sizes overlap
 FORMATS = ("tiff", "jpeg", "png", "webp", "gif", "bmp")
 EXTENSIONS = {"jpeg": "jpg", "webp": "webp"}
 TRANSPOSE = {
@@ -320,9 +321,8 @@ def _write(p: Path, out_dir: str | os.PathLike[str], acc: Image.Image,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ext = EXTENSIONS[fmt]
-    thumbs: list[dict[str, Any]] = []
-    reduced: dict[int, Image.Image] = {}
-    for n in sizes:
+
+    def render(n: int, reduced: dict[int, Image.Image], threads: int) -> Image.Image:
         tw, th = target_size(W, H, n)
         if (tw, th) == img.size:
             t = img
@@ -332,9 +332,12 @@ def _write(p: Path, out_dir: str | os.PathLike[str], acc: Image.Image,
             if k not in reduced:
                 reduced[k] = img.reduce(k) if k > 1 else img
             b = (0.0, 0.0, box[2] / k, box[3] / k)
-            t = resize(reduced[k], (tw, th), b, workers)
+            t = resize(reduced[k], (tw, th), b, threads)
         if transpose is not None:
             t = t.transpose(transpose)
+        return t
+
+    def save(n: int, t: Image.Image) -> dict[str, Any]:
         name = f"thumb-{n}.{ext}"
         # the temp name keeps the extension: Pillow then loads only that format's plugin
         tmp, f = _create_temp(out, f".thumb-{n}", f".{ext}")
@@ -351,8 +354,39 @@ def _write(p: Path, out_dir: str | os.PathLike[str], acc: Image.Image,
             with suppress(OSError):
                 os.unlink(tmp)
             raise
-        thumbs.append({"name": name, "size": n, "width": t.width, "height": t.height})
         _event("thumbnail.written", file=str(p), name=name, width=t.width, height=t.height)
+        return {"name": name, "size": n, "width": t.width, "height": t.height}
+
+    # The smaller sizes are rendered on a helper thread while this one renders and encodes
+    # the largest: resampling releases the GIL, the encoders do not, so they overlap. Only for
+    # small accumulators (pyramid levels, where this is a visible share of the run): with a
+    # large one the second thread's buffers and malloc arena add ~7 MB of peak RSS.
+    small: dict[int, Image.Image] = {}
+    errors: list[BaseException] = []
+
+    def render_small() -> None:
+        reduced: dict[int, Image.Image] = {}
+        try:
+            for n in sizes[:-1]:
+                small[n] = render(n, reduced, 1)
+        except BaseException as e:  # re-raised below, in this thread
+            errors.append(e)
+
+    helper: threading.Thread | None = None
+    if workers > 1 and len(sizes) > 1 and img.width * img.height <= OVERLAP_MAX_PIXELS:
+        helper = threading.Thread(target=render_small, name="thumb-sizes", daemon=True)
+        helper.start()
+    else:
+        render_small()
+    try:
+        largest = save(sizes[-1], render(sizes[-1], {}, workers))
+    finally:
+        if helper is not None:
+            helper.join()
+    if errors:
+        raise errors[0]
+    thumbs = [save(n, small[n]) for n in sizes[:-1]]
+    thumbs.append(largest)
     _event("thumbnail.encoded", file=str(p), seconds=round(time.monotonic() - t0, 3),
            icc_converted=converted)
     return thumbs

@@ -187,7 +187,7 @@ def resize(im: Image.Image, size: tuple[int, int], box: tuple[float, float, floa
         t.join()
     if errors:
         raise errors[0]
-    out = Image.new(im.mode, size)
+    out = Image.new(im.mode, size, None)  # no fill: every row is pasted
     for i, part in enumerate(parts):
         assert part is not None
         out.paste(part, (0, cuts[i]))

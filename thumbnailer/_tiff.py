@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from functools import partial
 
-from PIL import Image, JpegImagePlugin, TiffImagePlugin
+from PIL import Image, JpegImagePlugin
 
 from ._reduce import Accumulator, Piece, normalise, split_reduce
 from ._tiffio import Ifd, Tag, TiffStructure, TiffWriter
@@ -22,10 +22,12 @@ TILE_GROUP_BYTES = 16 << 20  # decoded bytes per group of tiles in one tile row
 # Uncompressed bands have no per-band codec set-up: small ones stay in the L2 cache between the
 # read, the unpack and the reduce, which measured faster than larger ones.
 RAW_BAND_BYTES = 1 << 20
+INFLATE_GROUP_BYTES = 2 << 20  # decoded bytes per group of tiles inflated by libdeflate
 
 PHOTOMETRIC_NAMES = {0: "L", 1: "L", 2: "RGB", 3: "P", 4: "1", 5: "CMYK", 6: "RGB", 8: "LAB",
                      9: "LAB", 10: "LAB", 32844: "L", 32845: "RGB"}
 SUBFILE_REDUCED = 1
+DEFLATE = (8, 32946)  # Adobe Deflate and the old Deflate code: both are zlib streams
 
 
 class TiffError(Exception):
@@ -130,6 +132,7 @@ class TiffDecoder:
             raise TiffError(f"unsupported SamplesPerPixel {self.spp}")
         self.bps = bps[0]
         self.compression = ifd.num(259, 1)
+        self.predictor = ifd.num(317, 1)
         self.photometric = ifd.num(262, 2 if self.spp >= 3 else 1)
         self.planar = ifd.num(284, 1)
         if self.planar not in (1, 2):
@@ -203,23 +206,26 @@ class TiffDecoder:
         return data
 
     # -- per-band TIFFs ---------------------------------------------------------------------
-    def codec_tags(self) -> list[Tag]:
+    def codec_tags(self, uncompressed: bool = False) -> list[Tag]:
+        """The codec and layout tags of the source; `uncompressed`: as if Compression were 1."""
         tags: list[Tag] = []
         for t in CODEC_TAGS:
             e = self.ifd.entries.get(t)
-            if e is not None:
+            if e is not None and not (uncompressed and t in (259, 317)):
                 tags.append((t, e.type, e.raw))
+        if uncompressed:
+            tags.append((259, 3, (1,)))
         if self.palette is not None:
             tags = [t for t in tags if t[0] not in (262, 320)] + [(262, 3, (1,))]
         return tags
 
     def mini_tiff(self, width: int, height: int, datas: list[bytes], rows_per_strip: int,
-                  tiled: bool) -> bytes:
+                  tiled: bool, uncompressed: bool = False) -> bytes:
         buf = io.BytesIO()
         wr = TiffWriter(buf, self.st.byteorder)
         offs = [wr.write_data(d) for d in datas]
         counts = [len(d) for d in datas]
-        tags = [*self.codec_tags(), (256, 4, (width,)), (257, 4, (height,))]
+        tags = [*self.codec_tags(uncompressed), (256, 4, (width,)), (257, 4, (height,))]
         if tiled:
             tags += [(322, 4, (self.tile_w,)), (323, 4, (self.tile_h,)),
                      (324, 4, tuple(offs)), (325, 4, tuple(counts))]
@@ -232,6 +238,8 @@ class TiffDecoder:
     def open_mini(self, data: bytes) -> Image.Image:
         # The plugin class directly, not Image.open: that would import every Pillow plugin
         # (tens of ms per process) and probe formats for each band.
+        from PIL import TiffImagePlugin  # lazy: not needed for JPEG pyramid levels
+
         im: Image.Image = TiffImagePlugin.TiffImageFile(io.BytesIO(data))
         im.load()
         if self.palette is not None:
@@ -240,13 +248,18 @@ class TiffDecoder:
             im.putpalette(self.palette, "RGB;L")
         return im
 
-    def probe_raw(self) -> tuple[str, str] | None:
-        """(mode, rawmode) if Pillow reads this uncompressed chunky layout as plain raw rows."""
-        if self.compression != 1 or self.planes > 1:
+    def probe_raw(self, decompressed: bool = False) -> tuple[str, str] | None:
+        """(mode, rawmode) if Pillow reads this chunky layout, uncompressed (or, with
+        `decompressed`, after inflating the segments ourselves), as plain raw rows."""
+        if self.compression != 1 and not decompressed:
             return None
+        if self.planes > 1:
+            return None
+        from PIL import TiffImagePlugin
+
         rb = self.row_bytes(self.width)
         im = TiffImagePlugin.TiffImageFile(
-            io.BytesIO(self.mini_tiff(self.width, 1, [bytes(rb)], 1, False)))
+            io.BytesIO(self.mini_tiff(self.width, 1, [bytes(rb)], 1, False, decompressed)))
         if len(im.tile) != 1 or im.tile[0].codec_name != "raw":
             return None
         args = im.tile[0].args
@@ -275,6 +288,11 @@ class TiffDecoder:
         kk = k // max(s, 1)
         if s:
             return self._jpeg_tasks(k, s, kk)
+        if self.use_libdeflate():
+            self.raw_mode = self.probe_raw(decompressed=True)
+            if self.raw_mode is not None:
+                return self._tile_tasks(k, self._inflate_tiles) if self.tiled else \
+                    self._strip_tasks(k, self._inflate_strips)
         if not self.tiled:
             self.raw_mode = self.probe_raw()
             if self.raw_mode is not None:
@@ -282,10 +300,22 @@ class TiffDecoder:
             return self._strip_tasks(k)
         return self._tile_tasks(k)
 
-    def _groups(self, k: int, seg_bytes_per_col: int) -> list[tuple[int, int]]:
-        """Split tile columns into groups [c0, c1) of ~TILE_GROUP_BYTES, x-aligned to k."""
+    def use_libdeflate(self) -> bool:
+        """Deflate segments without a predictor are inflated by libdeflate (when loadable)
+        and then take the uncompressed path; libtiff does everything else. Not YCbCr: Pillow
+        has libtiff convert that (it may be subsampled) to RGB."""
+        if (self.compression not in DEFLATE or self.predictor != 1 or self.planes != 1
+                or self.photometric == 6):
+            return False
+        from . import _inflate  # lazy: loads ctypes
+
+        return _inflate.available()
+
+    def _groups(self, k: int, seg_bytes_per_col: int,
+                group_bytes: int = TILE_GROUP_BYTES) -> list[tuple[int, int]]:
+        """Split tile columns into groups [c0, c1) of ~group_bytes, x-aligned to k."""
         unit = k // math.gcd(self.tile_w, k)  # tiles per k-aligned step
-        per = max(unit, (TILE_GROUP_BYTES // max(1, seg_bytes_per_col)) // unit * unit)
+        per = max(unit, (group_bytes // max(1, seg_bytes_per_col)) // unit * unit)
         return [(c, min(c + per, self.across)) for c in range(0, self.across, per)]
 
     def mem_row_bytes(self, w: int) -> int:
@@ -293,13 +323,34 @@ class TiffDecoder:
         multi-sample images become 4-byte RGB), plus the normalised copy."""
         return w * (8 if self.spp >= 2 or self.photometric == 3 else 3)
 
-    def _strip_tasks(self, k: int) -> Iterator[Callable[[], list[Piece]]]:
+    def _strip_tasks(self, k: int, decode: Callable[[int, int, int], list[Piece]] | None = None,
+                     ) -> Iterator[Callable[[], list[Piece]]]:
         strip_bytes = self.tile_h * max(self.mem_row_bytes(self.width),
                                         self.row_bytes(self.width) * self.planes)
         per = max(1, BAND_BYTES // max(1, strip_bytes))
         for r0 in range(0, self.down, per):
             r1 = min(r0 + per, self.down)
-            yield partial(self._decode_strips, r0, r1, k)
+            yield partial(decode or self._decode_strips, r0, r1, k)
+
+    def _inflate_strips(self, r0: int, r1: int, k: int) -> list[Piece]:
+        """Strips r0..r1 inflated by libdeflate into one buffer; libtiff if that fails."""
+        rb = self.row_bytes(self.width)
+        y0 = r0 * self.tile_h
+        y1 = min(r1 * self.tile_h, self.height)
+        out = bytearray((y1 - y0) * rb)
+        from . import _inflate
+
+        try:
+            with _inflate.Inflater() as inf:
+                for i in range(r0, r1):
+                    y = i * self.tile_h
+                    n = min(self.tile_h, self.height - y)
+                    inf.into(self.read(self.offsets[i], self.counts[i]), out, (y - y0) * rb,
+                             n * rb)
+        except _inflate.InflateError:
+            # unusual but maybe valid (e.g. a padded last strip): let libtiff judge
+            return self._decode_strips(r0, r1, k)
+        return split_reduce(normalise(self._raw_image(out, self.width, y1 - y0)), 0, y0, k)
 
     def _decode_strips(self, r0: int, r1: int, k: int) -> list[Piece]:
         idx = [p * self.per_plane + r for p in range(self.planes) for r in range(r0, r1)]
@@ -336,23 +387,94 @@ class TiffDecoder:
             parts.append(self.read(off, n * rb))
             y += n
         data = parts[0] if len(parts) == 1 else b"".join(parts)
+        return split_reduce(normalise(self._raw_image(data, self.width, y1 - y0)), 0, y0, k)
+
+    def _raw_image(self, data: bytes | bytearray, w: int, h: int,
+                   palette: bool = True) -> Image.Image:
+        """An image of `h` raw rows of `w` pixels in the layout found by probe_raw (may share
+        `data`); `palette`: attach the palette of a palette image."""
+        assert self.raw_mode is not None
         mode, rawmode = self.raw_mode
+        if mode in ("I;16", "I;16B") and rawmode == mode:
+            # straight to 8-bit (the high byte, as normalise() does): one buffer, not three
+            im = Image.new("L", (w, h), None)
+            im.frombytes(data, "raw", "L;16" if mode == "I;16" else "L;16B")
+            return im
         if mode in ("L", "RGBX", "RGBA", "CMYK") and rawmode == mode:
-            im = Image.frombuffer(mode, (self.width, y1 - y0), data, "raw", rawmode, 0, 1)
+            im = Image.frombuffer(mode, (w, h), data, "raw", rawmode, 0, 1)
         else:
             # frombuffer would copy through a zero-filled image: unpack into an unfilled one
-            im = Image.new(mode, (self.width, y1 - y0), None)
+            im = Image.new(mode, (w, h), None)
             im.frombytes(data, "raw", rawmode)
-        if self.palette is not None:
+        if palette and self.palette is not None:
             im.putpalette(self.palette, "RGB;L")
-        return split_reduce(normalise(im), 0, y0, k)
+        return im
 
-    def _tile_tasks(self, k: int) -> Iterator[Callable[[], list[Piece]]]:
+    def _tile_tasks(self, k: int,
+                    decode: Callable[[int, int, int, int], list[Piece]] | None = None,
+                    ) -> Iterator[Callable[[], list[Piece]]]:
         col_bytes = self.tile_h * max(self.mem_row_bytes(self.tile_w),
                                       self.row_bytes(self.tile_w) * self.planes)
+        # inflated tiles need no per-band codec set-up: small groups stay in the cache
+        group = TILE_GROUP_BYTES if decode is None else INFLATE_GROUP_BYTES
         for r in range(self.down):
-            for c0, c1 in self._groups(k, col_bytes):
-                yield partial(self._decode_tiles, r, c0, c1, k)
+            for c0, c1 in self._groups(k, col_bytes, group):
+                yield partial(decode or self._decode_tiles, r, c0, c1, k)
+
+    def _inflate_tiles(self, r: int, c0: int, c1: int, k: int) -> list[Piece]:
+        """Tiles c0..c1 of tile row r inflated by libdeflate; libtiff if that fails."""
+        if self.tile_w % k == 0 and self.tile_h % k == 0:
+            return self._inflate_tile_stack(r, c0, c1, k)
+        assert self.raw_mode is not None
+        x0, y0 = c0 * self.tile_w, r * self.tile_h
+        w = min(c1 * self.tile_w, self.width) - x0
+        h = min(self.tile_h, self.height - y0)
+        size = self.tile_h * self.row_bytes(self.tile_w)
+        buf = bytearray(size)
+        band = Image.new(self.raw_mode[0], (w, h), None)
+        from . import _inflate
+
+        try:
+            with _inflate.Inflater() as inf:
+                for c in range(c0, c1):
+                    i = r * self.across + c
+                    inf.into(self.read(self.offsets[i], self.counts[i]), buf, 0, size)
+                    # pasting clips the padding of edge tiles
+                    band.paste(self._raw_image(buf, self.tile_w, self.tile_h, False),
+                               ((c - c0) * self.tile_w, 0))
+        except _inflate.InflateError:
+            return self._decode_tiles(r, c0, c1, k)
+        if self.palette is not None:
+            band.putpalette(self.palette, "RGB;L")
+        return split_reduce(normalise(band), x0, y0, k)
+
+    def _inflate_tile_stack(self, r: int, c0: int, c1: int, k: int) -> list[Piece]:
+        """Tiles whose sides are multiples of k: inflated one below the other into one
+        buffer, unpacked by one call, and each reduced on its own (no band assembly)."""
+        th, tw = self.tile_h, self.tile_w
+        size = th * self.row_bytes(tw)
+        n = c1 - c0
+        buf = bytearray(n * size)
+        from . import _inflate
+
+        try:
+            with _inflate.Inflater() as inf:
+                for j in range(n):
+                    i = r * self.across + c0 + j
+                    inf.into(self.read(self.offsets[i], self.counts[i]), buf, j * size, size)
+        except _inflate.InflateError:
+            return self._decode_tiles(r, c0, c1, k)
+        stack = normalise(self._raw_image(buf, tw, n * th))
+        y0 = r * th
+        vh = min(th, self.height - y0)
+        pieces: list[Piece] = []
+        for j in range(n):
+            x = (c0 + j) * tw
+            vw = min(tw, self.width - x)
+            # the box keeps the padding of edge tiles out of their blocks
+            pieces.append(("paste", x // k, y0 // k,
+                           stack.reduce(k, box=(0, j * th, vw, j * th + vh)), 0))
+        return pieces
 
     def _decode_tiles(self, r: int, c0: int, c1: int, k: int) -> list[Piece]:
         idx = [p * self.per_plane + r * self.across + c
@@ -401,7 +523,8 @@ class TiffDecoder:
             if tile.width < vw or tile.height < vh:
                 raise TiffError(f"JPEG segment {g.index} decodes to {tile.size}, "
                                 f"expected at least {vw}x{vh}")
-            band.paste(tile.crop((0, 0, vw, vh)), ((g.x - x0) // s, (g.y - y0) // s))
+            # the band ends where the image does: pasting clips the padding of edge segments
+            band.paste(tile, ((g.x - x0) // s, (g.y - y0) // s))
         return split_reduce(band, x0 // s, y0 // s, kk)
 
 

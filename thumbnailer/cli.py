@@ -8,7 +8,6 @@ so a codec bug or a hostile file cannot take the caller down.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import resource
@@ -27,9 +26,26 @@ class _Timeout(Exception):
     pass
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter without its `import shutil` (with bz2 and lzma: a few ms of
+    start-up on every run) just to learn the terminal width."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:
+            try:
+                width = int(os.environ.get("COLUMNS", "")) - 2
+            except ValueError:
+                try:
+                    width = os.get_terminal_size(sys.stdout.fileno()).columns - 2
+                except (OSError, ValueError):
+                    width = 78
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
 def build_parser(prog: str = "python -m thumbnailer") -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=prog, description="Write thumbnails of one image and "
-                                 "print its metadata as JSON.")
+                                 "print its metadata as JSON.", formatter_class=_HelpFormatter)
     add_arguments(ap)
     return ap
 
@@ -83,6 +99,42 @@ def _arm_timeout(path: str, seconds: float) -> None:
     signal.setitimer(signal.ITIMER_REAL, seconds)
 
 
+def dumps(obj: object) -> str:
+    """json.dumps(obj) for the metadata's types (dict, list, str, int, float, bool, None).
+
+    Importing json costs a few ms of start-up (json.scanner compiles its regexes), which is a
+    visible share of a pyramid thumbnail; the C string encoder alone is cheap."""
+    from _json import encode_basestring_ascii as enc_str
+
+    if obj is None:
+        return "null"
+    if obj is True:
+        return "true"
+    if obj is False:
+        return "false"
+    if isinstance(obj, str):
+        return str(enc_str(obj))
+    if isinstance(obj, int):
+        return int.__repr__(obj)
+    if isinstance(obj, float):
+        if obj != obj or obj in (float("inf"), float("-inf")):
+            return {"inf": "Infinity", "-inf": "-Infinity"}.get(repr(obj), "NaN")
+        return float.__repr__(obj)
+    if isinstance(obj, (list, tuple)):
+        return "[" + ", ".join(dumps(v) for v in obj) + "]"
+    if isinstance(obj, dict):
+        return "{" + ", ".join(f"{dumps(_key(k))}: {dumps(v)}" for k, v in obj.items()) + "}"
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def _key(k: object) -> str:
+    if isinstance(k, str):
+        return k
+    if k is None or isinstance(k, (bool, int, float)):
+        return dumps(k)
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(k).__name__}")
+
+
 class _KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
@@ -116,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{args.path}: out of memory (over the {args.memory_mb} MB limit)")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-    sys.stdout.write(json.dumps(meta) + "\n")
+    sys.stdout.write(dumps(meta) + "\n")
     sys.stdout.flush()
     return 0
 

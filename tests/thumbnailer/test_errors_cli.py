@@ -265,3 +265,24 @@ def test_cli_memory_limit(tmp_path: Path) -> None:
     assert r.returncode == 2
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and "memory" in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("obj", [
+    {"a": 1, "b": [1.5, None, True, False], "c": "é\"\\\n\x01", "d": {"e": []}, "f": {}},
+    [0.1, 1e300, -0.0, 12345678901234567890, "", (1, 2)],
+    {1: "x", 2.5: "y", None: "z"}, {False: "w"},
+    float("nan"), float("inf"), -float("inf"),
+])
+def test_cli_dumps_matches_json(obj: object) -> None:
+    from thumbnailer.cli import dumps
+
+    assert dumps(obj) == json.dumps(obj)
+
+
+def test_cli_dumps_rejects_unknown() -> None:
+    from thumbnailer.cli import dumps
+
+    with pytest.raises(TypeError):
+        dumps({"x": object()})
+    with pytest.raises(TypeError):
+        dumps({(1,): 1})
