@@ -9,7 +9,9 @@ COPY pyproject.toml README.md ./
 COPY tusd_py ./tusd_py
 COPY storage ./storage
 COPY thumbnailer ./thumbnailer
-RUN pip install --no-cache-dir . \
+RUN apt-get update && apt-get install -y --no-install-recommends libdeflate0 \
+ && rm -rf /var/lib/apt/lists/* \
+ && pip install --no-cache-dir . \
  && useradd --system --uid 10001 --home-dir /data tusd \
  && mkdir -p /data && chown tusd /data
 
