@@ -4,7 +4,6 @@ Exception tree::
 
     StorageError
     ├── UploadNotFound        no record for this id
-    ├── UploadGone            terminated or expired (a tombstone remains)
     ├── OffsetMismatch        commit's expected offset is not the stored one
     ├── Fenced                a newer lock holder has committed (stale epoch)
     ├── InvalidTransition     state change not allowed from the current state
@@ -85,12 +84,6 @@ class StorageError(Exception):
 
 class UploadNotFound(StorageError):
     pass
-
-
-class UploadGone(StorageError):
-    def __init__(self, info: UploadInfo) -> None:
-        super().__init__(f"upload {info.id} is {info.state}")
-        self.info = info
 
 
 class OffsetMismatch(StorageError):
