@@ -49,6 +49,30 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class RssSampler:
+    """Peak RSS of one process, sampled in a thread while the `with` block runs."""
+
+    def __init__(self, pid: int, every: float = 0.02) -> None:
+        self.pid = pid
+        self.every = every
+        self.baseline = self.peak = proc_rss(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, proc_rss(self.pid))
+            time.sleep(self.every)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def send_patch(url: str, size: int) -> tuple[float, str]:
     parts = urlsplit(url)
     sock = socket.create_connection((parts.hostname, parts.port))
@@ -98,23 +122,11 @@ def run_once(size: int, scratch: Path) -> dict[str, float]:
         created = httpx.post(base, headers={"Tus-Resumable": "1.0.0",
                                             "Upload-Length": str(size)})
         url = created.headers["Location"]
-        baseline = proc_rss(server.pid)
-        peak = baseline
-        stop = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not stop.is_set():
-                peak = max(peak, proc_rss(server.pid))
-                time.sleep(0.02)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        cpu_before = proc_cpu_seconds(server.pid)
-        elapsed, sent_hash = send_patch(url, size)
-        cpu = proc_cpu_seconds(server.pid) - cpu_before
-        stop.set()
-        sampler.join()
+        with RssSampler(server.pid) as rss:
+            cpu_before = proc_cpu_seconds(server.pid)
+            elapsed, sent_hash = send_patch(url, size)
+            cpu = proc_cpu_seconds(server.pid) - cpu_before
+        baseline, peak = rss.baseline, rss.peak
         if stored_sha256(url) != sent_hash:
             raise RuntimeError("stored bytes differ from the bytes sent")
         gib = size / (1 << 30)

@@ -16,11 +16,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from single_patch import free_port, proc_cpu_seconds, proc_rss, stored_sha256
+from single_patch import RssSampler, free_port, proc_cpu_seconds, stored_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,29 +55,18 @@ def main() -> None:
                                "--upload-dir", str(work / "data"), "--log-level", "warning"])
     try:
         time.sleep(1.5)
-        baseline = proc_rss(server.pid)
-        peak = baseline
-        stop = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not stop.is_set():
-                peak = max(peak, proc_rss(server.pid))
-                time.sleep(0.05)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        cpu = proc_cpu_seconds(server.pid)
-        scenario = {"endpoint": f"http://127.0.0.1:{port}/files/", "file": str(source),
-                    "source": "file", "timeoutMs": 3_600_000,
-                    "options": {"metadata": {"filename": "big.bin"}}}
-        started = time.perf_counter()
-        out = subprocess.run(["node", str(ROOT / "tests/js/upload.mjs"), json.dumps(scenario)],
-                             capture_output=True, text=True, check=False)
-        elapsed = time.perf_counter() - started
-        cpu = proc_cpu_seconds(server.pid) - cpu
-        stop.set()
-        sampler.join()
+        with RssSampler(server.pid, every=0.05) as rss:
+            cpu = proc_cpu_seconds(server.pid)
+            scenario = {"endpoint": f"http://127.0.0.1:{port}/files/", "file": str(source),
+                        "source": "file", "timeoutMs": 3_600_000,
+                        "options": {"metadata": {"filename": "big.bin"}}}
+            started = time.perf_counter()
+            out = subprocess.run(["node", str(ROOT / "tests/js/upload.mjs"),
+                                  json.dumps(scenario)],
+                                 capture_output=True, text=True, check=False)
+            elapsed = time.perf_counter() - started
+            cpu = proc_cpu_seconds(server.pid) - cpu
+        baseline, peak = rss.baseline, rss.peak
         result = json.loads(out.stdout.strip().splitlines()[-1])
         if not result["ok"]:
             raise SystemExit(f"upload failed: {result['error']}")
