@@ -106,11 +106,11 @@ class FileStateStore:
         self._remember(info)
         return info
 
-    async def _write(self, info: UploadInfo) -> None:
+    async def _write(self, info: UploadInfo, *, new: bool = False) -> None:
         path = self._path(info.id)
         payload = json.dumps(info_to_json(info), separators=(",", ":")).encode()
         self._cache.pop(info.id, None)  # a failed write must not leave a phantom record
-        await anyio.to_thread.run_sync(_atomic_write, path, payload, self.fsync,
+        await anyio.to_thread.run_sync(_atomic_write, path, payload, self.fsync, new,
                                        limiter=self._limiter)
         self._remember(info)
 
@@ -118,7 +118,7 @@ class FileStateStore:
         async with self._lock(info.id):
             if self._path(info.id).exists():
                 raise StorageError(f"upload {info.id} exists")
-            await self._write(info)
+            await self._write(info, new=True)
 
     async def get(self, upload_id: str) -> UploadInfo:
         return await self._read(upload_id)
@@ -214,7 +214,7 @@ class FileStateStore:
             await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
 
 
-def _atomic_write(path: Path, payload: bytes, fsync: bool = True) -> None:
+def _atomic_write(path: Path, payload: bytes, fsync: bool = True, new: bool = False) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o640)
     try:
@@ -224,7 +224,8 @@ def _atomic_write(path: Path, payload: bytes, fsync: bool = True) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    if not fsync:
-        return
-    # The rename itself is durable only once the directory is synced.
-    fsync_path(path.parent)
+    if fsync and new:
+        # A new record exists only once the directory is synced. An update needs no such
+        # sync: if a power cut loses the rename, the old record comes back, whose offset is
+        # behind the bytes on disk, never ahead; the client re-sends the difference.
+        fsync_path(path.parent)
