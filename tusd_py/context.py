@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,7 @@ from storage import (
     Backend,
     FinalFiles,
     InvalidTransition,
+    Lease,
     LockTimeout,
     UploadInfo,
     UploadNotFound,
@@ -90,6 +93,21 @@ class TusContext:
             raise TusError.gone("expired")
         return info
 
+    @asynccontextmanager
+    async def hold(self, upload_id: str) -> AsyncIterator[tuple[Lease, anyio.CancelScope]]:
+        """Hold the upload's lock; a newer request for it cancels the returned scope.
+
+        A body transfer runs inside that scope, so it saves what it received and lets go
+        when asked. A lock that stays busy answers 423, which clients retry.
+        """
+        release = anyio.CancelScope()
+        try:
+            async with self.backend.locker.hold(upload_id, on_release_requested=release.cancel,
+                                                timeout=self.settings.lock_timeout) as lease:
+                yield lease, release
+        except LockTimeout:
+            raise TusError.locked() from None
+
     async def load_settled(self, upload_id: str) -> UploadInfo:
         """The record read under the upload's lock.
 
@@ -97,29 +115,21 @@ class TusContext:
         offset reported is the one a client must resume from (tusd does the same).
         """
         await self.load(upload_id)  # 404/410 without waiting for the lock
-        try:
-            async with self.backend.locker.hold(upload_id, on_release_requested=lambda: None,
-                                                timeout=self.settings.lock_timeout):
-                return await self.load(upload_id)
-        except LockTimeout:
-            raise TusError.locked() from None
+        async with self.hold(upload_id):
+            return await self.load(upload_id)
 
     async def terminate(self, upload_id: str, **log_fields: Any) -> UploadInfo:
         """Stop any transfer, remove bytes and outputs, keep a tombstone (410 afterwards)."""
         await self.load(upload_id)
-        try:
-            async with self.backend.locker.hold(upload_id, on_release_requested=lambda: None,
-                                                timeout=self.settings.lock_timeout):
-                info = await self.load(upload_id)
-                await self.backend.data.delete(upload_id)
-                await self.discard_outputs(info)
-                try:
-                    await self.backend.state.transition(upload_id, UploadState.TERMINATED,
-                                                        expect=_TERMINABLE)
-                except InvalidTransition:
-                    raise TusError.gone("terminated") from None
-        except LockTimeout:
-            raise TusError.locked() from None
+        async with self.hold(upload_id):
+            info = await self.load(upload_id)
+            await self.backend.data.delete(upload_id)
+            await self.discard_outputs(info)
+            try:
+                await self.backend.state.transition(upload_id, UploadState.TERMINATED,
+                                                    expect=_TERMINABLE)
+            except InvalidTransition:
+                raise TusError.gone("terminated") from None
         logs.event("upload.terminated", upload_id, offset=info.offset, size=info.size,
                    **log_fields)
         return info

@@ -6,7 +6,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from storage import Lease, LockTimeout, UploadInfo, UploadState
+from storage import Lease, UploadInfo, UploadState
 
 from .. import logs
 from ..context import TusContext, get_context, require_tus_resumable
@@ -97,23 +97,18 @@ async def patch(request: Request) -> Response:
     checksum = parse_checksum(request.headers.get("upload-checksum"))
     upload_id = request.path_params["upload_id"]
     await ctx.load(upload_id)  # 404/410 without waiting for the lock
-    release = anyio.CancelScope()
-    try:
-        async with ctx.backend.locker.hold(upload_id, on_release_requested=release.cancel,
-                                           timeout=ctx.settings.lock_timeout) as lease:
-            info = await ctx.load(upload_id)
-            info = await _declare_length(ctx, info, lease, declared)
-            if offset != info.offset:
-                raise TusError.offset_mismatch(info.offset)
-            if info.state.finished:
-                # A re-sent last PATCH after a lost response: nothing to do.
-                if content_length(request):
-                    raise TusError.too_large("upload is already complete")
-                result = PumpResult(Outcome.DONE, info)
-            else:
-                result = await receive_body(ctx, request, info, lease, release, checksum)
-    except LockTimeout:
-        raise TusError.locked() from None
+    async with ctx.hold(upload_id) as (lease, release):
+        info = await ctx.load(upload_id)
+        info = await _declare_length(ctx, info, lease, declared)
+        if offset != info.offset:
+            raise TusError.offset_mismatch(info.offset)
+        if info.state.finished:
+            # A re-sent last PATCH after a lost response: nothing to do.
+            if content_length(request):
+                raise TusError.too_large("upload is already complete")
+            result = PumpResult(Outcome.DONE, info)
+        else:
+            result = await receive_body(ctx, request, info, lease, release, checksum)
     raise_for_outcome(ctx, result)
     headers = {"Tus-Resumable": TUS_VERSION, "Upload-Offset": str(result.info.offset)}
     if result.info.state is UploadState.UPLOADING and result.info.expires_at is not None:

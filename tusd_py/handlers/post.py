@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import time
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from storage import LockTimeout, UploadInfo, new_upload_id
+from storage import UploadInfo, new_upload_id
 
 from .. import logs
 from ..concat import known_total, load_partials, part_ids, try_finish_final
@@ -66,20 +65,15 @@ async def post(request: Request) -> Response:
     ))
     headers = {"Tus-Resumable": TUS_VERSION, "Location": ctx.upload_url(request, info.id)}
     if size == 0 or with_body:
-        release = anyio.CancelScope()
-        try:
-            async with ctx.backend.locker.hold(info.id, on_release_requested=release.cancel,
-                                               timeout=ctx.settings.lock_timeout) as lease:
-                if size == 0:
-                    # 'Upload-Length: 0' is complete at creation, and processed like any other.
-                    info = await ctx.backend.state.commit(info.id, epoch=lease.epoch,
-                                                          expected=0, new=0)
-                    await ctx.completed(info)
-                else:
-                    result = await receive_body(ctx, request, info, lease, release, checksum,
-                                                fresh=True)
-        except LockTimeout:
-            raise TusError.locked() from None
+        async with ctx.hold(info.id) as (lease, release):
+            if size == 0:
+                # 'Upload-Length: 0' is complete at creation, and processed like any other.
+                info = await ctx.backend.state.commit(info.id, epoch=lease.epoch,
+                                                      expected=0, new=0)
+                await ctx.completed(info)
+            else:
+                result = await receive_body(ctx, request, info, lease, release, checksum,
+                                            fresh=True)
     if size != 0 and with_body:
         info = result.info
         headers["Upload-Offset"] = str(info.offset)

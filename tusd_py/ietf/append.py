@@ -6,11 +6,8 @@ pump with checkpoints and fencing as a tus PATCH; only the headers differ.
 
 from __future__ import annotations
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import Response
-
-from storage import LockTimeout
 
 from ..context import get_context
 from ..errors import TusError
@@ -48,40 +45,35 @@ async def append(request: Request, draft: Draft) -> Response:
     ctx = get_context(request)
     upload_id = request.path_params["upload_id"]
     await ctx.load(upload_id)  # 404/410 without waiting for the lock
-    release = anyio.CancelScope()
-    try:
-        async with ctx.backend.locker.hold(upload_id, on_release_requested=release.cancel,
-                                           timeout=ctx.settings.lock_timeout) as lease:
-            info = await ctx.load(upload_id)
-            if info.is_final:
-                raise TusError.modify_final()
-            if offset != info.offset:
-                error = DraftProblem.mismatching_offset(info.offset, offset)
-                error.headers.update(complete_header(draft, info.state.finished))
-                raise error
-            if info.state.finished:
-                # 'If the upload is already complete, the server MUST NOT modify the
-                # upload resource and MUST reject the request': content is an
-                # inconsistent length. An empty completing request is what the draft
-                # calls completing 'without content' - answered as done, since this
-                # server completes an upload as soon as its known length is reached.
-                if has_body(request):
-                    raise DraftProblem.inconsistent_length("the upload is already complete")
-                if not complete:
-                    raise DraftProblem.completed_upload()
-                result = PumpResult(Outcome.DONE, info)
+    async with ctx.hold(upload_id) as (lease, release):
+        info = await ctx.load(upload_id)
+        if info.is_final:
+            raise TusError.modify_final()
+        if offset != info.offset:
+            error = DraftProblem.mismatching_offset(info.offset, offset)
+            error.headers.update(complete_header(draft, info.state.finished))
+            raise error
+        if info.state.finished:
+            # 'If the upload is already complete, the server MUST NOT modify the
+            # upload resource and MUST reject the request': content is an
+            # inconsistent length. An empty completing request is what the draft
+            # calls completing 'without content' - answered as done, since this
+            # server completes an upload as soon as its known length is reached.
+            if has_body(request):
+                raise DraftProblem.inconsistent_length("the upload is already complete")
+            if not complete:
+                raise DraftProblem.completed_upload()
+            result = PumpResult(Outcome.DONE, info)
+        else:
+            info = await record_length(ctx, draft, info, lease, length)
+            if has_body(request) and not info.state.finished:
+                result = await receive_body(ctx, request, info, lease, release, None)
+            elif has_body(request):
+                raise DraftProblem.inconsistent_length("the upload is already complete")
             else:
-                info = await record_length(ctx, draft, info, lease, length)
-                if has_body(request) and not info.state.finished:
-                    result = await receive_body(ctx, request, info, lease, release, None)
-                elif has_body(request):
-                    raise DraftProblem.inconsistent_length("the upload is already complete")
-                else:
-                    result = PumpResult(Outcome.DONE, info)
-                if result.outcome is Outcome.DONE and complete:
-                    result.info = await finish(ctx, draft, result.info, lease)
-    except LockTimeout:
-        raise TusError.locked() from None
+                result = PumpResult(Outcome.DONE, info)
+            if result.outcome is Outcome.DONE and complete:
+                result.info = await finish(ctx, draft, result.info, lease)
     raise_for_outcome(ctx, result)
     info = result.info
     headers = {"Upload-Offset": str(info.offset), **complete_header(draft, info.state.finished)}

@@ -12,11 +12,10 @@ from __future__ import annotations
 import base64
 from email.message import Message
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from storage import LockTimeout, UploadInfo, new_upload_id
+from storage import UploadInfo, new_upload_id
 
 from ..context import TusContext, get_context
 from ..errors import TusError
@@ -102,18 +101,13 @@ async def create(request: Request, draft: Draft) -> Response:
 async def _store(
     ctx: TusContext, request: Request, draft: Draft, info: UploadInfo, complete: bool,
 ) -> UploadInfo:
-    release = anyio.CancelScope()
-    try:
-        async with ctx.backend.locker.hold(info.id, on_release_requested=release.cancel,
-                                           timeout=ctx.settings.lock_timeout) as lease:
-            if has_body(request):
-                result = await receive_body(ctx, request, info, lease, release, None)
-            else:
-                result = PumpResult(Outcome.DONE, info)
-            info = result.info
-            if result.outcome is Outcome.DONE and complete:
-                info = await finish(ctx, draft, info, lease)
-    except LockTimeout:
-        raise TusError.locked() from None
+    async with ctx.hold(info.id) as (lease, release):
+        if has_body(request):
+            result = await receive_body(ctx, request, info, lease, release, None)
+        else:
+            result = PumpResult(Outcome.DONE, info)
+        info = result.info
+        if result.outcome is Outcome.DONE and complete:
+            info = await finish(ctx, draft, info, lease)
     raise_for_outcome(ctx, result)
     return info
