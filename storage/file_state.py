@@ -36,7 +36,7 @@ def info_to_json(info: UploadInfo) -> dict[str, Any]:
         "expires_at": info.expires_at, "partial": info.partial, "parts": list(info.parts),
         "completed_at": info.completed_at, "attempts": info.attempts,
         "started_at": info.started_at, "finished_at": info.finished_at,
-        "error": info.error, "result": info.result,
+        "error": info.error, "result": info.result, "owner": info.owner,
     }
 
 
@@ -48,6 +48,7 @@ def info_from_json(raw: dict[str, Any]) -> UploadInfo:
         parts=tuple(raw["parts"]), completed_at=raw.get("completed_at"),
         attempts=raw["attempts"], started_at=raw.get("started_at"),
         finished_at=raw.get("finished_at"), error=raw["error"], result=raw["result"],
+        owner=raw.get("owner"),
     )
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import uuid
 
-_ID = re.compile(r"[0-9a-f]{32}")
+# Generated ids are 32 hex digits; a pre-create hook may choose others (tusd's ChangeFileInfo.ID)
+# from a charset that cannot name a path, a key separator or a `.info` / `.part` sibling.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 
 def new_upload_id() -> str:
@@ -13,5 +15,5 @@ def new_upload_id() -> str:
 
 
 def is_valid_upload_id(candidate: str) -> bool:
-    """Only server-generated ids: nothing that could name a path outside the store."""
+    """Nothing that could name a path outside the store (no dots, slashes or NUL)."""
     return _ID.fullmatch(candidate) is not None

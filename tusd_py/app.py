@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import html
 import logging
+import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -17,9 +20,19 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from storage import Backend, FinalFiles, Processor, StorageUnavailable, embedded_backend
+from storage import (
+    Backend,
+    FinalFiles,
+    Processor,
+    StorageUnavailable,
+    UploadNotFound,
+    UploadState,
+    embedded_backend,
+)
 
-from . import ietf, logs
+from . import ietf, logs, metrics, shutdown
+from .access import AuthMiddleware
+from .auth import build_authenticator
 from .completion import start_processing
 from .context import TusContext
 from .cors import CORSMiddleware, OriginPolicy
@@ -32,6 +45,9 @@ from .handlers.head import head
 from .handlers.options import options
 from .handlers.patch import patch
 from .handlers.post import post
+from .hooks import HOOK_TYPES, Hooks, HttpHook
+from .limits import UploadSlots
+from .observe import ObserveMiddleware
 from .pipeline import FinalizeProcessor
 from .protocol import TUS_VERSION
 from .settings import Settings
@@ -67,6 +83,7 @@ def _has_body(request: Request) -> bool:
 
 async def _render_tus_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TusError)
+    metrics.errors.labels(str(exc.status), exc.code).inc()
     # Every refusal is visible: "my upload failed and the logs say nothing" must not happen.
     logs.event("request.failed" if exc.status >= 500 else "request.rejected",
                request.path_params.get("upload_id"),
@@ -132,24 +149,86 @@ async def _healthz(request: Request) -> Response:
     return PlainTextResponse("ok\n")
 
 
+async def _readyz(request: Request) -> Response:
+    """Ready when the state store answers and the upload volume takes writes."""
+    ctx: TusContext = request.app.state.tus
+    try:
+        await ctx.backend.state.get("readyz-probe")
+    except UploadNotFound:
+        pass
+    except Exception as exc:
+        return PlainTextResponse(f"state store unavailable: {exc}\n", status_code=503)
+
+    def probe() -> None:
+        ctx.settings.upload_dir.mkdir(parents=True, exist_ok=True)
+        path = ctx.settings.upload_dir / f".readyz-{uuid.uuid4().hex}"
+        try:
+            with path.open("wb") as f:
+                f.write(b"ok")
+        finally:
+            path.unlink(missing_ok=True)
+
+    try:
+        await anyio.to_thread.run_sync(probe)
+    except OSError as exc:
+        return PlainTextResponse(f"upload dir not writable: {os.strerror(exc.errno or 0)}\n",
+                                 status_code=503)
+    return PlainTextResponse("ready\n")
+
+
+async def _metrics(request: Request) -> Response:
+    ctx: TusContext = request.app.state.tus
+    try:
+        waiting = await ctx.backend.state.scan(frozenset({UploadState.COMPLETED}))
+        metrics.processing_queue_depth.set(sum(1 for i in waiting if not i.partial))
+    except StorageUnavailable:
+        pass  # the other metrics are still worth a scrape
+    body, content_type = metrics.exposition()
+    return Response(body, headers={"Content-Type": content_type})
+
+
+def _hooks(settings: Settings) -> Hooks | None:
+    if not settings.hooks_http:
+        return None
+    events = frozenset(e.strip() for e in settings.hooks_enabled_events.split(",") if e.strip())
+    unknown = events - set(HOOK_TYPES)
+    if unknown:
+        raise ValueError(f"unknown hook events: {', '.join(sorted(unknown))}")
+    hook = HttpHook(settings.hooks_http, retries=settings.hooks_http_retry + 1,
+                    backoff=settings.hooks_http_backoff, timeout=settings.hooks_http_timeout)
+    return Hooks(hook, events)
+
+
 def create_app(
     settings: Settings, backend: Backend | None = None, processor: Processor | None = None,
 ) -> Starlette:
     backend = backend or embedded_backend(settings.upload_dir)
     final = FinalFiles(settings.final_root)
-    ctx = TusContext(settings, backend, final)
+    hooks = _hooks(settings)
+    ctx = TusContext(settings, backend, final, hooks=hooks,
+                     slots=UploadSlots(settings.max_concurrent_uploads))
     processor = processor or FinalizeProcessor(settings, final)
+    authenticator = build_authenticator(
+        token=settings.auth_token, jwt_secret=settings.jwt_secret,
+        jwt_public_key=settings.jwt_public_key,
+        jwt_algorithms=[a.strip() for a in settings.jwt_algorithms.split(",") if a.strip()],
+        jwt_audience=settings.jwt_audience, jwt_issuer=settings.jwt_issuer,
+        hook=settings.auth_hook)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        forget = shutdown.on_exit_signal(ctx.begin_shutdown)
         async with anyio.create_task_group() as tg:
             for service in backend.services:
                 tg.start_soon(service)
+            if hooks is not None:
+                tg.start_soon(hooks.run)
             await start_processing(tg, backend, processor, settings)
             if settings.expiration > 0:
                 tg.start_soon(run_sweeper, ctx)
             yield
             tg.cancel_scope.cancel()
+        forget()
         await backend.aclose()
 
     base = settings.base_path
@@ -162,6 +241,8 @@ def create_app(
         Route(base + "{upload_id}", resource,
               methods=["HEAD", "PATCH", "DELETE", "GET", "OPTIONS"]),
         Route("/healthz", _healthz, methods=["GET"]),
+        Route("/readyz", _readyz, methods=["GET"]),
+        Route("/metrics", _metrics, methods=["GET"]),
         Route("/api/uploads", upload_list, methods=["GET"]),
         Route("/api/uploads/{upload_id}", upload_status, methods=["GET"]),
         Route("/api/uploads/{upload_id}/thumbnails/{name}", thumbnail, methods=["GET"]),
@@ -177,12 +258,17 @@ def create_app(
             Route("/", dashboard, methods=["GET"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
+    middleware = [
+        Middleware(ObserveMiddleware),
+        Middleware(CORSMiddleware, policy=OriginPolicy(settings.cors_origins)),
+        Middleware(MethodOverrideMiddleware),
+    ]
+    if authenticator is not None:
+        middleware.append(Middleware(AuthMiddleware, authenticator=authenticator,
+                                     protected=(base, "/api/")))
     app = Starlette(
         routes=routes,
-        middleware=[
-            Middleware(CORSMiddleware, policy=OriginPolicy(settings.cors_origins)),
-            Middleware(MethodOverrideMiddleware),
-        ],
+        middleware=middleware,
         exception_handlers={TusError: _render_tus_error},
         lifespan=lifespan,
     )

@@ -73,9 +73,46 @@ def _add_processing_flags(parser: argparse.ArgumentParser) -> None:
     add("--hooks-http", default=_env("hooks-http", None),
         help="URL called (POST, tusd v2 HTTP-hook JSON, type post-finish) after each upload "
              "is processed or finally fails; retried with backoff")
+    add("--hooks-enabled-events",
+        default=_env("hooks-enabled-events", _DEFAULTS.hooks_enabled_events),
+        help="comma list of hook events to send: pre-create, post-create, post-receive, "
+             "pre-finish, post-finish, pre-terminate, post-terminate")
+    add("--hooks-http-retry", type=int,
+        default=_env("hooks-http-retry", _DEFAULTS.hooks_http_retry, int),
+        help="retries of a hook call after a network error or a 5xx")
+    add("--hooks-http-backoff", type=float,
+        default=_env("hooks-http-backoff", _DEFAULTS.hooks_http_backoff, float),
+        help="seconds before the first retry of a hook call; doubles each time")
+    add("--hooks-http-timeout", type=float,
+        default=_env("hooks-http-timeout", _DEFAULTS.hooks_http_timeout, float),
+        help="seconds one hook call may take")
     add("--processing-attempts", type=int,
         default=_env("processing-attempts", _DEFAULTS.processing_attempts, int),
         help="attempts before a failing job is dead-lettered and the upload marked failed")
+
+
+def _add_access_flags(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--auth-token", default=_env("auth-token", None),
+        help="require 'Authorization: Bearer <token>' with this static token")
+    add("--jwt-secret", default=_env("jwt-secret", None),
+        help="require a JWT signed with this HS256 secret; its 'sub' owns the uploads")
+    add("--jwt-public-key", type=Path, default=_env("jwt-public-key", None, Path),
+        help="require a JWT signed by this PEM public key (RS256 / ES256)")
+    add("--jwt-algorithms", default=_env("jwt-algorithms", ""),
+        help="comma list of accepted JWT algorithms (default: HS256 for --jwt-secret, "
+             "RS256,ES256 for --jwt-public-key)")
+    add("--jwt-audience", default=_env("jwt-audience", None), help="required JWT 'aud'")
+    add("--jwt-issuer", default=_env("jwt-issuer", None), help="required JWT 'iss'")
+    add("--auth-hook", default=_env("auth-hook", None),
+        help="module:function called with each request; returns the subject or None")
+    add("--max-concurrent-uploads", type=int,
+        default=_env("max-concurrent-uploads", _DEFAULTS.max_concurrent_uploads, int),
+        help="body transfers at once per owner (or client IP without auth); "
+             "more are answered 429 (0 = no limit)")
+    add("--shutdown-timeout", type=float,
+        default=_env("shutdown-timeout", _DEFAULTS.shutdown_timeout, float),
+        help="on SIGTERM, seconds in-flight requests get to save their bytes and answer")
 
 
 def _add_log_flags(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("processing", True, _bool),
         help="do not process completed uploads here (run `tusd-py worker` instead)")
     _add_storage_flags(serve)
+    _add_access_flags(serve)
     _add_processing_flags(serve)
     _add_log_flags(serve)
 
@@ -156,13 +194,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         processing_timeout=args.processing_timeout,
         processing_memory_mb=args.processing_memory_mb,
         processing_attempts=args.processing_attempts, hooks_http=args.hooks_http or None,
+        hooks_enabled_events=args.hooks_enabled_events, hooks_http_retry=args.hooks_http_retry,
+        hooks_http_backoff=args.hooks_http_backoff, hooks_http_timeout=args.hooks_http_timeout,
         log_level=args.log_level, log_format=args.log_format,
         **({
             "host": args.host, "port": args.port, "base_path": args.base_path,
             "max_size": args.max_size, "cors_origins": args.cors_origins,
             "behind_proxy": args.behind_proxy, "network_timeout": args.network_timeout,
             "lock_timeout": args.lock_timeout, "dashboard": args.dashboard,
-            "workers": args.workers,
+            "workers": args.workers, "auth_token": args.auth_token or None,
+            "jwt_secret": args.jwt_secret or None,
+            "jwt_public_key": args.jwt_public_key.resolve() if args.jwt_public_key else None,
+            "jwt_algorithms": args.jwt_algorithms, "jwt_audience": args.jwt_audience or None,
+            "jwt_issuer": args.jwt_issuer or None, "auth_hook": args.auth_hook or None,
+            "max_concurrent_uploads": args.max_concurrent_uploads,
+            "shutdown_timeout": args.shutdown_timeout,
         } if serving else {}),
     )
 
@@ -213,6 +259,11 @@ def serve(settings: Settings) -> None:
     from .informational import PROTOCOL_PATH
 
     logs.configure(settings.log_level, settings.log_format)
+    try:
+        app = create_app(settings, build_backend(settings))  # also checks hooks and auth
+    except (ValueError, ImportError, OSError) as exc:
+        print(f"tusd-py: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     if settings.workers > 1 and not settings.redis_url:
         # The embedded store's locks live inside one process.
         print("tusd-py: --workers > 1 needs --redis-url", file=sys.stderr)
@@ -222,7 +273,7 @@ def serve(settings: Settings) -> None:
         host=settings.host, port=settings.port, log_config=None,
         # Forwarded headers are handled by --behind-proxy, never implicitly by uvicorn.
         proxy_headers=False, server_header=False, access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=max(int(settings.shutdown_timeout), 1),
         # uvicorn's own protocol plus an ASGI extension for `104 Upload Resumption
         # Supported` interim responses (tusd_py/informational.py).
         http=PROTOCOL_PATH,
@@ -231,15 +282,16 @@ def serve(settings: Settings) -> None:
     logs.event("server.listening", url=f"http://{host}:{settings.port}{settings.base_path}",
                upload_dir=str(settings.upload_dir), max_size=settings.max_size,
                state="redis" if settings.redis_url else "embedded",
-               expiration=settings.expiration, processors=settings.processors)
+               expiration=settings.expiration, processors=settings.processors,
+               auth=settings.auth_enabled, hooks=settings.hooks_enabled_events
+               if settings.hooks_http else "")
     if settings.workers > 1:
         # Each worker process builds its own app (and Redis pool) from these settings.
         os.environ[SETTINGS_ENV] = settings.to_json()
         uvicorn.run("tusd_py.cli:app_from_environment", factory=True,
                     workers=settings.workers, **options)
     else:
-        uvicorn.Server(uvicorn.Config(create_app(settings, build_backend(settings)),
-                                      **options)).run()
+        uvicorn.Server(uvicorn.Config(app, **options)).run()
 
 
 SETTINGS_ENV = "TUSD_PY_SETTINGS_JSON"

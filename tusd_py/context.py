@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
@@ -23,9 +23,12 @@ from storage import (
     is_valid_upload_id,
 )
 
-from . import logs
+from . import logs, metrics
+from .auth import current_subject
 from .concat import finish_waiting_finals
 from .errors import TusError
+from .hooks import Hooks
+from .limits import UploadSlots
 from .protocol import CHECKSUM_ALGORITHMS, TUS_VERSION
 from .proxy import public_origin
 from .settings import Settings
@@ -38,6 +41,26 @@ class TusContext:
     settings: Settings
     backend: Backend
     final: FinalFiles
+    hooks: Hooks | None = None
+    slots: UploadSlots = field(default_factory=lambda: UploadSlots(0))
+    # Release scopes of the requests holding an upload lock: cancelled on shutdown.
+    _holding: set[anyio.CancelScope] = field(default_factory=set)
+    _draining: list[bool] = field(default_factory=lambda: [False])
+
+    @property
+    def draining(self) -> bool:
+        return self._draining[0]
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: every body transfer saves what it has and answers, so locks go free."""
+        self._draining[0] = True
+        logs.event("server.draining", transfers=len(self._holding))
+        for scope in list(self._holding):
+            scope.cancel()
+
+    def owns(self, info: UploadInfo) -> bool:
+        """With auth on, an upload belongs to the subject that created it."""
+        return not self.settings.auth_enabled or info.owner == current_subject()
 
     async def read_output(self, relative: str) -> bytes | None:
         return await anyio.to_thread.run_sync(self.final.read_output, relative)
@@ -86,6 +109,9 @@ class TusContext:
             info = await self.backend.state.get(upload_id)
         except UploadNotFound:
             raise TusError.not_found() from None
+        if not self.owns(info):
+            # 404, not 403: someone else's id must look like no id at all.
+            raise TusError.not_found()
         if info.state.gone:
             raise TusError.gone(info.state.value)
         if (info.state is UploadState.UPLOADING and info.expires_at is not None
@@ -101,10 +127,16 @@ class TusContext:
         when asked. A lock that stays busy answers 423, which clients retry.
         """
         release = anyio.CancelScope()
+        if self.draining:
+            release.cancel()
         try:
             async with self.backend.locker.hold(upload_id, on_release_requested=release.cancel,
                                                 timeout=self.settings.lock_timeout) as lease:
-                yield lease, release
+                self._holding.add(release)
+                try:
+                    yield lease, release
+                finally:
+                    self._holding.discard(release)
         except LockTimeout:
             raise TusError.locked() from None
 
@@ -132,12 +164,14 @@ class TusContext:
                 raise TusError.gone("terminated") from None
         logs.event("upload.terminated", upload_id, offset=info.offset, size=info.size,
                    **log_fields)
+        metrics.uploads_terminated.inc()
         return info
 
     async def completed(self, info: UploadInfo) -> None:
         """After a commit that completed an upload: queue it, or finish finals waiting on it."""
         logs.event("upload.completed", info.id, size=info.size, partial=info.partial,
                    final=info.is_final)
+        metrics.uploads_finished.inc()
         if info.partial:
             await finish_waiting_finals(self, info.id)
         else:

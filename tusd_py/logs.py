@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
@@ -10,6 +11,8 @@ from typing import Any
 
 LOGGER_NAME = "tusd_py"
 logger = logging.getLogger(LOGGER_NAME)
+# Set per HTTP request, so every event a request causes can be tied back to it.
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
 def event(name: str, upload_id: str | None = None, *, level: int = logging.INFO,
@@ -17,6 +20,9 @@ def event(name: str, upload_id: str | None = None, *, level: int = logging.INFO,
     """Log one event, e.g. event("upload.created", uid, size=10, filename="a.tif")."""
     if upload_id is not None:
         fields = {"upload_id": upload_id, **fields}
+    rid = request_id.get()
+    if rid is not None:
+        fields["request_id"] = rid
     logger.log(level, name, extra={"fields": fields})
 
 

@@ -37,9 +37,26 @@ class Settings:
     thumbnail_format: str = "jpeg"
     processing_timeout: float = 300.0  # per image job, enforced in its child process
     processing_memory_mb: int = 1024
-    hooks_http: str | None = None  # post-finish webhook (tusd's HTTP hook JSON)
+    hooks_http: str | None = None  # tusd v2 HTTP hooks receiver
+    hooks_enabled_events: str = "pre-create,post-create,post-receive,post-terminate,post-finish"
+    hooks_http_retry: int = 3  # attempts after the first, as tusd's -hooks-http-retry
+    hooks_http_backoff: float = 1.0
+    hooks_http_timeout: float = 10.0
+    auth_token: str | None = None  # static bearer token
+    jwt_secret: str | None = None  # HS256 shared secret
+    jwt_public_key: Path | None = None  # PEM file for RS256 / ES256
+    jwt_algorithms: str = ""  # comma list; default HS256 (secret) or RS256,ES256 (key)
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    auth_hook: str | None = None  # module:function
+    max_concurrent_uploads: int = 0  # body transfers at once per owner / client IP (0 = no cap)
+    shutdown_timeout: float = 10.0  # SIGTERM: seconds in-flight PATCHes get to save and answer
     processing_attempts: int = 5  # then the job is dead-lettered and the upload marked failed
     processing_backoff: float = 1.0  # seconds before the first retry; doubles each time
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.auth_token or self.jwt_secret or self.jwt_public_key or self.auth_hook)
 
     @property
     def final_root(self) -> Path:
@@ -52,7 +69,7 @@ class Settings:
     @classmethod
     def from_json(cls, raw: str) -> Settings:
         doc = json.loads(raw)
-        for name in ("upload_dir", "final_dir"):
+        for name in ("upload_dir", "final_dir", "jwt_public_key"):
             if doc.get(name) is not None:
                 doc[name] = Path(doc[name])
         doc["thumbnail_sizes"] = tuple(doc["thumbnail_sizes"])

@@ -44,7 +44,7 @@ def _fields(info: UploadInfo) -> list[str]:
     flat: list[str] = []
     for name in ("id", "size", "offset", "metadata", "state", "epoch", "created_at",
                  "updated_at", "expires_at", "partial", "parts", "completed_at", "attempts",
-                 "started_at", "finished_at", "error", "result"):
+                 "started_at", "finished_at", "error", "result", "owner"):
         flat += [name, _encode(name, getattr(info, name))]
     return flat
 
@@ -65,6 +65,7 @@ def _decode(raw: dict[bytes, bytes]) -> UploadInfo:
         started_at=opt_float("started_at"), finished_at=opt_float("finished_at"),
         error=h["error"] or None,
         result=json.loads(h["result"]) if h.get("result") else None,
+        owner=h.get("owner") or None,
     )
 
 

@@ -23,9 +23,12 @@ async def _load(ctx: TusContext, upload_id: str) -> UploadInfo:
     if not is_valid_upload_id(upload_id):
         raise TusError.not_found()
     try:
-        return await ctx.backend.state.get(upload_id)
+        info = await ctx.backend.state.get(upload_id)
     except UploadNotFound:
         raise TusError.not_found() from None
+    if not ctx.owns(info):
+        raise TusError.not_found()
+    return info
 
 
 async def upload_status(request: Request) -> JSONResponse:
@@ -46,11 +49,14 @@ async def upload_list(request: Request) -> JSONResponse:
     except ValueError:
         raise TusError(400, "ERR_INVALID_QUERY", "limit must be a number, state one of "
                        + ", ".join(s.value for s in UploadState)) from None
-    uploads = sorted(await ctx.backend.state.scan(states),
+    uploads = sorted((i for i in await ctx.backend.state.scan(states) if ctx.owns(i)),
                      key=lambda i: (i.created_at, i.id), reverse=True)
     if cursor := params.get("cursor"):
         at, _, last_id = cursor.partition("~")
-        key = (float(at), last_id)
+        try:
+            key = (float(at), last_id)
+        except ValueError:
+            raise TusError(400, "ERR_INVALID_QUERY", "cursor must be a next_cursor value") from None
         uploads = [i for i in uploads if (i.created_at, i.id) < key]
     page = uploads[:limit]
     next_cursor = (f"{page[-1].created_at!r}~{page[-1].id}"

@@ -8,9 +8,11 @@ from starlette.responses import Response
 
 from storage import Lease, UploadInfo, UploadState
 
-from .. import logs
+from .. import logs, metrics
 from ..context import TusContext, get_context, require_tus_resumable
 from ..errors import TusError
+from ..hooks import HookUnavailable
+from ..limits import client_key
 from ..protocol import (
     OFFSET_OCTET_STREAM,
     TUS_VERSION,
@@ -61,9 +63,27 @@ async def receive_body(
     if result.outcome is not Outcome.DONE:
         logs.event("upload.interrupted", info.id, level=30, reason=result.outcome.value,
                    offset=result.info.offset, received=result.received)
+    metrics.bytes_received.inc(max(result.info.offset - info.offset, 0))
+    if ctx.hooks is not None and result.info.offset != info.offset:
+        ctx.hooks.tell("post-receive", result.info, request)
     if not info.state.finished and result.info.state is UploadState.COMPLETED:
+        await _pre_finish(ctx, request, result.info)
         await ctx.completed(result.info)
     return result
+
+
+async def _pre_finish(ctx: TusContext, request: Request, info: UploadInfo) -> None:
+    """tusd's pre-finish hook: its HTTPResponse shapes the answer to the last PATCH."""
+    if ctx.hooks is None or not ctx.hooks.on("pre-finish"):
+        return
+    try:
+        answer = await ctx.hooks.ask("pre-finish", info, request)
+    except HookUnavailable as exc:
+        # The bytes are stored and committed: failing the request would only make the
+        # client resend them. The failure is logged (hook.failed) and processing goes on.
+        logs.event("hook.pre_finish_skipped", info.id, level=logging.ERROR, error=str(exc))
+        return
+    request.state.finish_answer = answer
 
 
 def raise_for_outcome(ctx: TusContext, result: PumpResult) -> None:
@@ -76,10 +96,18 @@ def raise_for_outcome(ctx: TusContext, result: PumpResult) -> None:
                            "body is longer than the upload's remaining length", offset)
         case Outcome.CHECKSUM_MISMATCH:
             error = TusError.checksum_mismatch()
+        case Outcome.RELEASED if ctx.draining:
+            error = TusError(503, "ERR_SERVER_SHUTTING_DOWN",
+                             "server is restarting; bytes so far were saved, resume elsewhere",
+                             {"Retry-After": "1"})
         case Outcome.RELEASED:
             error = TusError.interrupted()
         case Outcome.TIMED_OUT:
             error = TusError.read_timeout(ctx.settings.network_timeout)
+        case Outcome.STORAGE_FULL | Outcome.STORAGE_FAILED:
+            # 507 on a full volume: the offset is what is safely on disk; resume later.
+            error = (TusError.from_os_error(result.error) if result.error is not None
+                     else TusError.storage_full())
     error.headers.update(offset)
     raise error
 
@@ -97,6 +125,24 @@ async def patch(request: Request) -> Response:
     checksum = parse_checksum(request.headers.get("upload-checksum"))
     upload_id = request.path_params["upload_id"]
     await ctx.load(upload_id)  # 404/410 without waiting for the lock
+    with ctx.slots.take(client_key(request, behind_proxy=ctx.settings.behind_proxy), upload_id):
+        result = await _locked_patch(ctx, request, upload_id, offset, declared, checksum)
+    raise_for_outcome(ctx, result)
+    headers = {"Tus-Resumable": TUS_VERSION, "Upload-Offset": str(result.info.offset)}
+    if result.info.state is UploadState.UPLOADING and result.info.expires_at is not None:
+        headers["Upload-Expires"] = http_date(result.info.expires_at)
+    answer = getattr(request.state, "finish_answer", None)
+    if answer is not None:
+        headers = {**answer.headers, **headers}
+        if answer.status:
+            return Response(answer.body, status_code=answer.status, headers=headers)
+    return Response(status_code=204, headers=headers)
+
+
+async def _locked_patch(
+    ctx: TusContext, request: Request, upload_id: str, offset: int, declared: int | None,
+    checksum: tuple[str, bytes] | None,
+) -> PumpResult:
     async with ctx.hold(upload_id) as (lease, release):
         info = await ctx.load(upload_id)
         info = await _declare_length(ctx, info, lease, declared)
@@ -109,11 +155,7 @@ async def patch(request: Request) -> Response:
             result = PumpResult(Outcome.DONE, info)
         else:
             result = await receive_body(ctx, request, info, lease, release, checksum)
-    raise_for_outcome(ctx, result)
-    headers = {"Tus-Resumable": TUS_VERSION, "Upload-Offset": str(result.info.offset)}
-    if result.info.state is UploadState.UPLOADING and result.info.expires_at is not None:
-        headers["Upload-Expires"] = http_date(result.info.expires_at)
-    return Response(status_code=204, headers=headers)
+    return result
 
 
 async def _declare_length(

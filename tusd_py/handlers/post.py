@@ -1,16 +1,21 @@
 from __future__ import annotations
 
+import base64
+import contextlib
 import time
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from storage import UploadInfo, new_upload_id
+from storage import UploadInfo, UploadNotFound, is_valid_upload_id, new_upload_id
 
-from .. import logs
+from .. import logs, metrics
+from ..auth import current_subject
 from ..concat import known_total, load_partials, part_ids, try_finish_final
 from ..context import TusContext, get_context, require_tus_resumable
 from ..errors import TusError
+from ..hooks import HookAnswer, HookResponse, HookUnavailable
+from ..limits import client_key
 from ..protocol import (
     OFFSET_OCTET_STREAM,
     TUS_VERSION,
@@ -59,11 +64,24 @@ async def post(request: Request) -> Response:
     if body_length is not None and limit is not None and body_length > limit:
         raise TusError.too_large(f"body of {body_length} bytes exceeds the upload's length")
 
-    info = await create_record(ctx, UploadInfo(
-        id=new_upload_id(), size=size, metadata=metadata, partial=concat is not None,
+    if with_body and size != 0:
+        key = client_key(request, behind_proxy=ctx.settings.behind_proxy)
+        with ctx.slots.take(key):
+            return await _create(ctx, request, size, metadata, concat is not None, with_body,
+                                 checksum)
+    return await _create(ctx, request, size, metadata, concat is not None, with_body, checksum)
+
+
+async def _create(
+    ctx: TusContext, request: Request, size: int | None, metadata: dict[str, str | None],
+    partial: bool, with_body: bool, checksum: tuple[str, bytes] | None,
+) -> Response:
+    info, hook_headers = await create_record(ctx, request, UploadInfo(
+        id=new_upload_id(), size=size, metadata=metadata, partial=partial,
         expires_at=None if size == 0 else ctx.next_expiry(),
     ))
-    headers = {"Tus-Resumable": TUS_VERSION, "Location": ctx.upload_url(request, info.id)}
+    headers = {**hook_headers, "Tus-Resumable": TUS_VERSION,
+               "Location": ctx.upload_url(request, info.id)}
     if size == 0 or with_body:
         async with ctx.hold(info.id) as (lease, release):
             if size == 0:
@@ -88,14 +106,72 @@ async def post(request: Request) -> Response:
     return Response(status_code=201, headers=headers)
 
 
-async def create_record(ctx: TusContext, info: UploadInfo) -> UploadInfo:
+async def create_record(
+    ctx: TusContext, request: Request, info: UploadInfo,
+) -> tuple[UploadInfo, dict[str, str]]:
+    """Create the upload (after the pre-create hook); returns it and headers the hook set."""
+    info, answer = await _pre_create(ctx, request, info)
     now = time.time()
-    info = info.evolve(created_at=now, updated_at=now)
-    await ctx.backend.data.create(info.id)
-    await ctx.backend.state.create(info)
+    info = info.evolve(created_at=now, updated_at=now, owner=current_subject())
+    await _create_storage(ctx, info)
     logs.event("upload.created", info.id, size=info.size, partial=info.partial,
-               final=info.is_final, filename=metadata_text(info.metadata, "filename"))
-    return info
+               final=info.is_final, filename=metadata_text(info.metadata, "filename"),
+               owner=info.owner)
+    metrics.uploads_created.inc()
+    if ctx.hooks is not None:
+        ctx.hooks.tell("post-create", info, request)
+    return info, dict(answer.headers)
+
+
+async def _create_storage(ctx: TusContext, info: UploadInfo) -> None:
+    """Bytes file, then record. A disk error (a full volume: 507) leaves nothing behind."""
+    created = False
+    try:
+        await ctx.backend.data.create(info.id)
+        created = True
+        await ctx.backend.state.create(info)
+    except OSError as exc:
+        logs.event("upload.create_failed", info.id, level=40, error=str(exc))
+        if created:
+            with contextlib.suppress(Exception):
+                await ctx.backend.data.delete(info.id)
+            with contextlib.suppress(Exception):
+                await ctx.backend.state.purge(info.id)
+        raise TusError.from_os_error(exc) from exc
+
+
+async def _pre_create(
+    ctx: TusContext, request: Request, info: UploadInfo,
+) -> tuple[UploadInfo, HookResponse]:
+    """tusd's pre-create hook: it may refuse the upload, or choose its id and metadata."""
+    if ctx.hooks is None or not ctx.hooks.on("pre-create"):
+        return info, HookResponse()
+    try:
+        answer = await ctx.hooks.ask("pre-create", info.evolve(id=""), request)
+    except HookUnavailable as exc:
+        # Fail closed: a hook that cannot be asked must not let everything through.
+        raise TusError(502, "ERR_HOOK_FAILED", str(exc), {"Retry-After": "5"}) from None
+    if answer.reject_upload:
+        logs.event("upload.rejected_by_hook", None, status=answer.status or 400)
+        raise HookAnswer(answer.status or 400,
+                         answer.body or "ERR_UPLOAD_REJECTED: upload rejected by the server\n",
+                         answer.headers)
+    if answer.change_metadata is not None:
+        info = info.evolve(metadata={
+            key: base64.b64encode(value.encode()).decode()
+            for key, value in answer.change_metadata.items()})
+    if answer.change_id is not None:
+        if not is_valid_upload_id(answer.change_id):
+            raise TusError(502, "ERR_HOOK_FAILED",
+                           "pre-create hook chose an upload id outside [A-Za-z0-9_-]{1,128}")
+        try:
+            await ctx.backend.state.get(answer.change_id)
+        except UploadNotFound:
+            info = info.evolve(id=answer.change_id)
+        else:
+            raise TusError(502, "ERR_HOOK_FAILED",
+                           f"pre-create hook chose upload id {answer.change_id}, which exists")
+    return info, answer
 
 
 async def _create_final(
@@ -109,16 +185,21 @@ async def _create_final(
         raise TusError.modify_final()
     ids = part_ids(ctx.settings.base_path, urls)
     partials = await load_partials(ctx, ids)
+    for partial in partials:
+        if not ctx.owns(partial):
+            # Someone else's partial looks like no upload at all.
+            raise TusError(404, "ERR_UPLOAD_NOT_FOUND", f"partial upload {partial.id} not found")
     total = known_total(partials)
     max_size = ctx.settings.max_size
     if max_size and total is not None and total > max_size:
         raise TusError.too_large(f"concatenated length {total} exceeds Tus-Max-Size {max_size}")
-    info = await create_record(ctx, UploadInfo(
+    info, hook_headers = await create_record(ctx, request, UploadInfo(
         id=new_upload_id(), size=total, metadata=metadata, parts=tuple(ids),
         expires_at=ctx.next_expiry(),
     ))
     info = await try_finish_final(ctx, info)
-    headers = {"Tus-Resumable": TUS_VERSION, "Location": ctx.upload_url(request, info.id)}
+    headers = {**hook_headers, "Tus-Resumable": TUS_VERSION,
+               "Location": ctx.upload_url(request, info.id)}
     if info.expires_at is not None and not info.state.finished:
         headers["Upload-Expires"] = http_date(info.expires_at)
     return Response(status_code=201, headers=headers)

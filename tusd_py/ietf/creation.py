@@ -74,12 +74,12 @@ async def create(request: Request, draft: Draft) -> Response:
     check_size(ctx, draft, length)
     metadata = metadata_from(request)
 
-    info = await create_record(ctx, UploadInfo(
+    info, hook_headers = await create_record(ctx, request, UploadInfo(
         id=new_upload_id(), size=length, metadata=metadata,
         expires_at=None if length == 0 else ctx.next_expiry(),
     ))
     location = ctx.upload_url(request, info.id)
-    headers = {"Location": location}
+    headers = {**hook_headers, "Location": location}
     if draft.supported:
         await send_informational(request.scope, 104, [
             ("Location", location),
