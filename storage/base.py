@@ -65,6 +65,7 @@ class UploadInfo:
     finished_at: float | None = None
     error: str | None = None
     result: Mapping[str, Any] | None = None  # what the processor produced
+    owner: str | None = None  # who created it (the authenticated subject), when auth is on
 
     @property
     def is_final(self) -> bool:
@@ -132,7 +133,18 @@ class DataStore(Protocol):
         ...
 
     async def concat(self, upload_id: str, sources: Sequence[str]) -> int:
-        """Write the sources' bytes back to back into upload_id; return its size."""
+        """Write the sources' bytes back to back into upload_id; return its size.
+
+        The sources are finished uploads; afterwards upload_id is finished too.
+        """
+        ...
+
+    async def finish(self, upload_id: str, size: int) -> None:
+        """All `size` bytes are committed: assemble them for read(). Idempotent.
+
+        Called before processing and before a download; read() of an upload is
+        only valid after it (object stores cannot read back an unfinished one).
+        """
         ...
 
     async def delete(self, upload_id: str) -> None: ...
@@ -260,6 +272,23 @@ class LocalFiles(Protocol):
     """A data store whose uploads are plain local files (the processor reads them)."""
 
     def path(self, upload_id: str) -> Path: ...
+
+
+@runtime_checkable
+class ObjectOutputs(Protocol):
+    """A data store that keeps processed uploads and their outputs as objects (S3).
+
+    `relative` is the final layout's path, `<namespace>/<upload id>/<name>`.
+    """
+
+    async def place_final(self, upload_id: str, relative: str, size: int) -> str:
+        """Copy the finished upload to its final place (idempotent); return where it is."""
+        ...
+
+    async def put_output(self, relative: str, content: bytes | Path,
+                         content_type: str = "application/octet-stream") -> str: ...
+
+    async def read_output(self, relative: str) -> bytes | None: ...
 
 
 class Processor(Protocol):
