@@ -26,7 +26,7 @@ from storage import (
 )
 from storage.outbox_queue import PENDING
 
-from . import logs
+from . import logs, metrics
 from .hooks import HttpHook
 from .protocol import metadata_text
 from .settings import Settings
@@ -55,12 +55,15 @@ async def process_job(backend: Backend, processor: Processor, settings: Settings
     logs.event("processing.started", upload_id, attempt=info.attempts, size=info.size,
                filetype=metadata_text(info.metadata, "filetype"))
     started = time.monotonic()
+    metrics.processing_in_progress.inc()
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_keep_claimed, queue, job)
             result = await processor.process(info, backend.data)
             tg.cancel_scope.cancel()
     except Exception as exc:
+        metrics.processing_in_progress.dec()
+        metrics.processing_seconds.observe(time.monotonic() - started)
         if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]
         permanent = isinstance(exc, PermanentProcessingError)
@@ -69,6 +72,7 @@ async def process_job(backend: Backend, processor: Processor, settings: Settings
             await state.transition(upload_id, UploadState.FAILED, expect=_PROCESSING,
                                    error=error, finished_at=time.time())
             await queue.dead(job, error)
+            metrics.processing_jobs.labels("failed").inc()
             logs.event("processing.failed", upload_id, level=logging.ERROR, error=error,
                        attempt=info.attempts, will_retry=False,
                        exc_type=type(exc).__name__)
@@ -78,11 +82,15 @@ async def process_job(backend: Backend, processor: Processor, settings: Settings
         await state.transition(upload_id, UploadState.COMPLETED, expect=_PROCESSING,
                                error=error)
         await queue.retry(job, delay)
+        metrics.processing_jobs.labels("retry").inc()
         logs.event("processing.failed", upload_id, level=logging.WARNING, error=error,
                    attempt=info.attempts, will_retry=True, retry_in=delay)
         return
+    metrics.processing_in_progress.dec()
+    metrics.processing_seconds.observe(time.monotonic() - started)
     await state.transition(upload_id, UploadState.PROCESSED, expect=_PROCESSING,
                            result=dict(result), error=None, finished_at=time.time())
+    metrics.processing_jobs.labels("processed").inc()
     await queue.ack(job)
     logs.event("processing.done", upload_id, seconds=round(time.monotonic() - started, 3))
     await _notify(backend, settings, hook, upload_id)
