@@ -259,7 +259,7 @@ def create_app(
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
     middleware = [
-        Middleware(ObserveMiddleware),
+        Middleware(ObserveMiddleware, base_path=base),
         Middleware(CORSMiddleware, policy=OriginPolicy(settings.cors_origins)),
         Middleware(MethodOverrideMiddleware),
     ]

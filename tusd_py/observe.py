@@ -1,8 +1,11 @@
-"""Every HTTP request gets a request id (logged with each event it causes) and is counted."""
+"""Every HTTP request gets a request id (logged with each event it causes), is counted,
+and is logged once when it ends (tusd logs every request too)."""
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 import uuid
 
 from starlette.datastructures import MutableHeaders
@@ -18,8 +21,15 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 
 class ObserveMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, base_path: str = "/files/") -> None:
         self.app = app
+        self.base_path = base_path
+
+    def _upload_id(self, path: str) -> str | None:
+        if path.startswith(self.base_path):
+            rest = path[len(self.base_path):]
+            return rest if rest and "/" not in rest else None
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -30,17 +40,26 @@ class ObserveMiddleware:
         if not _CALLER_ID.fullmatch(rid):
             rid = uuid.uuid4().hex[:16]
 
+        status = 0
+
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 MutableHeaders(scope=message)["X-Request-ID"] = rid
             await send(message)
 
         token = logs.request_id.set(rid)
-        metrics.requests.labels(
-            scope["method"] if scope["method"] in _METHODS else "OTHER").inc()
+        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+        metrics.requests.labels(method).inc()
         metrics.connections_open.inc()
+        started = time.monotonic()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
             metrics.connections_open.dec()
+            logs.event("request.done", self._upload_id(scope["path"]),
+                       level=logging.WARNING if status >= 500 or not status else logging.INFO,
+                       method=method, path=scope["path"][:200], status=status,
+                       ms=round((time.monotonic() - started) * 1000, 1))
             logs.request_id.reset(token)

@@ -88,6 +88,11 @@ def test_request_ids_are_returned_and_logged(server: ServerProcess) -> None:
     created = [line for line in server.log().splitlines() if "upload.created" in line]
     assert any(f"upload_id={uid}" in line and "request_id=trace-abc.123" in line
                for line in created), created
+    done = [line for line in server.log().splitlines() if "request.done" in line]
+    assert any("request_id=trace-abc.123" in line and "status=201" in line and "method=POST"
+               in line for line in done), done
+    assert any(f"upload_id={uid}" in line and "method=HEAD" in line and "status=200" in line
+               for line in done), done
 
 
 def test_json_logs_carry_upload_and_request_ids(
