@@ -117,9 +117,10 @@ class FileStateStore:
 
     async def create(self, info: UploadInfo) -> None:
         async with self._lock(info.id):
-            if self._path(info.id).exists():
-                raise StorageError(f"upload {info.id} exists")
-            await self._write(info, new=True)
+            try:
+                await self._write(info, new=True)
+            except FileExistsError:
+                raise StorageError(f"upload {info.id} exists") from None
 
     async def get(self, upload_id: str) -> UploadInfo:
         return await self._read(upload_id)
@@ -224,7 +225,14 @@ def _atomic_write(path: Path, payload: bytes, fsync: bool = True, new: bool = Fa
             os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    if new:
+        # link() refuses to replace: the existence check and the creation are one step.
+        try:
+            os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    else:
+        os.replace(tmp, path)
     if fsync and new:
         # A new record exists only once the directory is synced. An update needs no such
         # sync: if a power cut loses the rename, the old record comes back, whose offset is

@@ -38,6 +38,9 @@ REASONS = {
     103: "Early Hints",
     104: "Upload Resumption Supported",
 }
+# Request line plus header fields (Go's net/http allows 1 MiB, nginx 32 KiB by default).
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_LINES = 256
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
@@ -127,7 +130,45 @@ except ImportError:  # pragma: no cover - httptools is an optional uvicorn extra
 else:
 
     class InformationalHttpToolsProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol plus the `tusd_py.informational` extension."""
+        """uvicorn's httptools protocol plus the `tusd_py.informational` extension, and a
+        bound on the header section (httptools itself buffers any amount of headers)."""
+
+        _header_bytes = 0
+        _header_count = 0
+        _too_large = False
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._header_bytes = self._header_count = 0
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url), lines=0)
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4, lines=1)
+            super().on_header(name, value)
+
+        def _count(self, size: int, lines: int) -> None:
+            self._header_bytes += size
+            self._header_count += lines
+            if self._header_bytes > MAX_HEADER_BYTES or self._header_count > MAX_HEADER_LINES:
+                self._too_large = True
+                # Raised inside a parser callback: uvicorn turns it into send_400_response().
+                raise ValueError("header section too large")
+
+        def send_400_response(self, msg: str) -> None:
+            if not self._too_large:
+                super().send_400_response(msg)
+                return
+            body = (f"ERR_HEADERS_TOO_LARGE: the request header section exceeds "
+                    f"{MAX_HEADER_BYTES} bytes or {MAX_HEADER_LINES} fields\n").encode()
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                b"content-type: text/plain; charset=utf-8\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\n"
+                b"connection: close\r\n\r\n" + body)
+            self.transport.close()
 
         def on_headers_complete(self) -> None:
             before = self.cycle

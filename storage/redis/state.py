@@ -81,9 +81,10 @@ class RedisStateStore:
 
     async def create(self, info: UploadInfo) -> None:
         self._check(info.id)
-        created = await self.conn.run("create", [info_key(info.id), EXPIRY],
+        enqueue = info.state is UploadState.COMPLETED and not info.partial
+        created = await self.conn.run("create", [info_key(info.id), EXPIRY, STREAM],
                                       [info.id, _encode("expires_at", info.expires_at),
-                                       *_fields(info)])
+                                       "1" if enqueue else "0", *_fields(info)])
         if not created:
             raise StorageError(f"upload {info.id} exists")
 
