@@ -6,7 +6,14 @@ A TusError becomes a response with its status, a one-line plain-text body
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping
+
+
+def clip(value: str, limit: int = 120) -> str:
+    """A client-supplied value quoted in a reason: repr'd (one line) and bounded."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(value)} chars)"
 
 
 class TusError(Exception):
@@ -76,7 +83,7 @@ class TusError(Exception):
     @classmethod
     def unsupported_checksum(cls, algorithm: str) -> TusError:
         return cls(400, "ERR_UNSUPPORTED_CHECKSUM_ALGORITHM",
-                   f"checksum algorithm {algorithm!r} is not supported")
+                   f"checksum algorithm {clip(algorithm)} is not supported")
 
     @classmethod
     def checksum_mismatch(cls) -> TusError:
@@ -85,7 +92,7 @@ class TusError(Exception):
 
     @classmethod
     def invalid_concat(cls, value: str) -> TusError:
-        return cls(400, "ERR_INVALID_CONCAT", f"Upload-Concat {value!r} is invalid")
+        return cls(400, "ERR_INVALID_CONCAT", f"Upload-Concat {clip(value)} is invalid")
 
     @classmethod
     def not_partial(cls, upload_id: str) -> TusError:
@@ -127,6 +134,23 @@ class TusError(Exception):
     def unavailable(cls, why: str) -> TusError:
         return cls(503, "ERR_STORAGE_UNAVAILABLE",
                    f"upload state store unavailable ({why}); retry later", {"Retry-After": "1"})
+
+    @classmethod
+    def storage_full(cls) -> TusError:
+        # 507 (RFC 4918): a 5xx, so tus clients retry; the bytes stored so far are kept.
+        return cls(507, "ERR_STORAGE_FULL", "no space left on the upload volume")
+
+    @classmethod
+    def storage_failed(cls, why: str) -> TusError:
+        return cls(500, "ERR_STORAGE_WRITE_FAILED",
+                   f"writing to the upload volume failed ({why}); bytes so far were saved")
+
+    @classmethod
+    def from_os_error(cls, exc: OSError) -> TusError:
+        """A disk error of the data or state store: 507 when the volume is full, else 500."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return cls.storage_full()
+        return cls.storage_failed(errno.errorcode.get(exc.errno or 0, type(exc).__name__))
 
     @classmethod
     def internal(cls, why: str) -> TusError:

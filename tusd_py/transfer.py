@@ -13,6 +13,7 @@ holds one buffer, so memory per upload stays under three write buffers.
 from __future__ import annotations
 
 import enum
+import errno
 import hmac
 import logging
 import math
@@ -41,6 +42,12 @@ class Outcome(enum.Enum):
     RELEASED = "released"  # a newer request asked for the lock
     TOO_LARGE = "too_large"
     CHECKSUM_MISMATCH = "checksum_mismatch"
+    STORAGE_FULL = "storage_full"  # ENOSPC / EDQUOT: nothing unsynced was committed
+    STORAGE_FAILED = "storage_failed"  # any other I/O error of the data store
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -48,6 +55,7 @@ class PumpResult:
     outcome: Outcome
     info: UploadInfo  # the record after the last commit
     received: int = 0
+    error: OSError | None = None  # the disk error behind STORAGE_FULL / STORAGE_FAILED
 
 
 @dataclass
@@ -62,18 +70,38 @@ class _Writer:
     written: int = 0
     fenced: bool = False  # a newer lock holder exists: write and commit nothing more
     failure: StorageUnavailable | None = None
+    # A write, sync or commit that failed on the disk (ENOSPC, EIO...): stop, commit
+    # nothing unsynced, keep only what is durable (see salvage()).
+    io_error: OSError | None = None
+    sync_failed: bool = False  # after a failed fsync, no byte since the last commit is trusted
     started: float = field(default_factory=time.monotonic)
     last_checkpoint: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.start = self.written = self.info.offset
 
+    def _stopped(self) -> bool:
+        return bool(self.fenced or self.failure or self.io_error)
+
+    def _io_failed(self, exc: OSError, during: str) -> None:
+        self.io_error = exc
+        logs.event("upload.storage_full" if is_disk_full(exc) else "upload.storage_failed",
+                   self.info.id, level=logging.ERROR, during=during,
+                   errno=errno.errorcode.get(exc.errno or 0, exc.errno), error=str(exc),
+                   committed=self.info.offset, uncommitted=self.written - self.info.offset)
+        self.stop()
+
     async def write(self, batch: list[bytes]) -> None:
-        if self.fenced or self.failure or self.lease.lost.is_set():
+        if self._stopped() or self.lease.lost.is_set():
             # Never write after losing the lease: the new holder may own those bytes.
             self.fenced = self.fenced or self.lease.lost.is_set()
             return
-        self.written += await self.ctx.backend.data.write(self.info.id, self.written, batch)
+        try:
+            # A failed write may leave part of the batch past self.written: salvage() cuts it.
+            self.written += await self.ctx.backend.data.write(self.info.id, self.written, batch)
+        except OSError as exc:
+            self._io_failed(exc, "write")
+            return
         settings = self.ctx.settings
         if self.checkpoints and (
             self.written - self.info.offset >= settings.checkpoint_bytes
@@ -88,12 +116,19 @@ class _Writer:
 
     async def checkpoint(self) -> None:
         committed = self.info.offset
-        if self.written == committed or self.fenced or self.failure:
+        if self.written == committed or self._stopped():
             return
         backend = self.ctx.backend
         # A commit cancelled half-way could be applied without us knowing it.
         with anyio.CancelScope(shield=True):
-            await backend.data.sync(self.info.id)
+            try:
+                await backend.data.sync(self.info.id)
+            except OSError as exc:
+                # The kernel may already have dropped the dirty pages: a second fsync
+                # could succeed without them, so nothing written since `committed` counts.
+                self.sync_failed = True
+                self._io_failed(exc, "sync")
+                return
             try:
                 self.info = await backend.state.commit(
                     self.info.id, epoch=self.lease.epoch, expected=committed,
@@ -111,10 +146,43 @@ class _Writer:
                 self.failure = exc
                 self.stop()
                 return
+            except OSError as exc:
+                # The embedded store's record could not be written (a full disk): it still
+                # holds the old offset, which is behind the synced bytes, never ahead.
+                self._io_failed(exc, "commit")
+                return
         self.last_checkpoint = time.monotonic()
         elapsed = max(time.monotonic() - self.started, 1e-6)
         logs.event("upload.checkpoint", self.info.id, offset=self.written,
                    mb_per_s=round((self.written - self.start) / elapsed / 1e6, 1))
+
+    async def salvage(self, *, keep_written: bool) -> None:
+        """After an I/O error: commit what was fully written if it can be made durable
+        (`keep_written`: the bytes need no checksum verification), then cut the file back
+        to the committed offset, so the offset HEAD reports is exactly what is on disk.
+        Cutting also gives the space of a half-written batch back to the volume."""
+        if self.fenced or self.failure or self.lease.lost.is_set():
+            return  # a newer holder may own the bytes past our offset: touch nothing
+        data = self.ctx.backend.data
+        failed, self.io_error = self.io_error, None
+        try:
+            if keep_written and not self.sync_failed and self.written > self.info.offset:
+                await data.truncate(self.info.id, self.written)
+                await self.checkpoint()  # sync + commit; records a new io_error on failure
+        except OSError as exc:
+            logs.event("upload.salvage_failed", self.info.id, level=logging.ERROR,
+                       error=str(exc))
+        finally:
+            self.io_error = self.io_error or failed
+        if self.fenced or self.failure:
+            return
+        try:
+            await data.truncate(self.info.id, self.info.offset)
+        except OSError as exc:
+            # Harmless: the next PATCH truncates to the committed offset before writing.
+            logs.event("upload.truncate_failed", self.info.id, level=logging.ERROR,
+                       error=str(exc), offset=self.info.offset)
+        self.written = self.info.offset
 
 
 async def pump_body(
@@ -180,13 +248,16 @@ async def pump_body(
     finally:
         # Shielded: the bytes that arrived must be saved even while we are being cancelled.
         with anyio.CancelScope(shield=True), anyio.move_on_after(FINAL_SAVE_SECONDS):
-            if hasher is None:
-                await writer.checkpoint()
-            elif outcome is Outcome.DONE and checksum is not None:
-                if hmac.compare_digest(hasher.digest(), checksum[1]):
+            if writer.io_error is None:
+                if hasher is None:
                     await writer.checkpoint()
-                else:
-                    outcome = Outcome.CHECKSUM_MISMATCH
+                elif outcome is Outcome.DONE and checksum is not None:
+                    if hmac.compare_digest(hasher.digest(), checksum[1]):
+                        await writer.checkpoint()
+                    else:
+                        outcome = Outcome.CHECKSUM_MISMATCH
+            if writer.io_error is not None:
+                await writer.salvage(keep_written=hasher is None)
             if hasher is not None and writer.info.offset == info.offset:
                 # Unverified or mismatching bytes are dropped; the offset never moved.
                 await ctx.backend.data.truncate(info.id, info.offset)
@@ -194,4 +265,7 @@ async def pump_body(
         raise writer.failure  # the HTTP layer answers 503; the bytes are re-sent on resume
     if writer.fenced:
         outcome = Outcome.RELEASED
-    return PumpResult(outcome, writer.info, writer.written - info.offset)
+    elif writer.io_error is not None:
+        outcome = (Outcome.STORAGE_FULL if is_disk_full(writer.io_error)
+                   else Outcome.STORAGE_FAILED)
+    return PumpResult(outcome, writer.info, writer.written - info.offset, writer.io_error)

@@ -450,3 +450,54 @@ def test_completed_upload_api_state(mserver: ServerProcess, client: httpx.Client
     assert wait_for(
         lambda: api_state(client, mserver, uid) in {"completed", "processed"}, timeout=10
     ), api_state(client, mserver, uid)
+
+
+# --- a small upload whose whole body comes with its creation --------------------------------
+# Its bytes are stored before its record: the record is written once, already complete.
+
+
+def _upload_files(srv: ServerProcess) -> list[str]:
+    return [p.name for p in files_under(srv.upload_dir) if "final" not in p.parts]
+
+
+def test_small_creation_with_upload_is_processed(
+        mserver: ServerProcess, client: httpx.Client) -> None:
+    r = client.post(mserver.url, headers={**TUS, "Upload-Length": "6", "Content-Type": OFFSET_CT,
+                                          "Upload-Metadata": f"filename {b64('s.txt')}"},
+                    content=b"small!")
+    assert r.status_code == 201
+    assert r.headers["Upload-Offset"] == "6"
+    assert "Upload-Expires" not in r.headers  # finished: it no longer expires
+    uid = upload_id(r.headers["Location"])
+    h = head(client, r.headers["Location"])
+    assert (h.headers["Upload-Offset"], h.headers["Upload-Length"]) == ("6", "6")
+    # The completion was queued with the record (Redis: in the same script): it is processed.
+    assert wait_for(lambda: api_state(client, mserver, uid) == "processed", timeout=15), \
+        api_state(client, mserver, uid)
+
+
+def test_small_creation_with_bad_checksum_leaves_nothing(
+        server_factory: Callable[..., ServerProcess], client: httpx.Client) -> None:
+    srv = server_factory("--no-processing")
+    r = client.post(srv.url, headers={**TUS, "Upload-Length": "5", "Content-Type": OFFSET_CT,
+                                      "Upload-Checksum": f"sha1 {b64(b'0' * 20)}"},
+                    content=b"bytes")
+    assert r.status_code == 460
+    assert "Location" not in r.headers
+    assert_error_body(r)
+    assert _upload_files(srv) == []
+
+
+def test_small_creation_cut_mid_body_leaves_nothing(
+        server_factory: Callable[..., ServerProcess], client: httpx.Client) -> None:
+    srv = server_factory("--no-processing")
+    head_lines = (f"POST /files/ HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n"
+                  f"Upload-Length: 1000\r\nContent-Type: {OFFSET_CT}\r\n"
+                  f"Content-Length: 1000\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
+        sock.sendall(head_lines + b"x" * 400)
+    # The server notices the disconnect and creates nothing: no Location was ever sent.
+    wait_for(lambda: "ERR_BODY_INCOMPLETE" in srv.log(), timeout=5)
+    assert "ERR_BODY_INCOMPLETE" in srv.log()
+    assert _upload_files(srv) == []
+    assert client.get(f"{srv.origin}/api/uploads").json()["uploads"] == []

@@ -67,12 +67,12 @@ async def receive_body(
     if ctx.hooks is not None and result.info.offset != info.offset:
         ctx.hooks.tell("post-receive", result.info, request)
     if not info.state.finished and result.info.state is UploadState.COMPLETED:
-        await _pre_finish(ctx, request, result.info)
+        await pre_finish(ctx, request, result.info)
         await ctx.completed(result.info)
     return result
 
 
-async def _pre_finish(ctx: TusContext, request: Request, info: UploadInfo) -> None:
+async def pre_finish(ctx: TusContext, request: Request, info: UploadInfo) -> None:
     """tusd's pre-finish hook: its HTTPResponse shapes the answer to the last PATCH."""
     if ctx.hooks is None or not ctx.hooks.on("pre-finish"):
         return

@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hmac
 import time
+from collections.abc import Awaitable, Callable
 
-from starlette.requests import Request
+import anyio
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from storage import UploadInfo, UploadNotFound, is_valid_upload_id, new_upload_id
+from storage import UploadInfo, UploadNotFound, UploadState, is_valid_upload_id, new_upload_id
 
 from .. import logs, metrics
 from ..auth import current_subject
@@ -21,12 +24,17 @@ from ..protocol import (
     TUS_VERSION,
     http_date,
     metadata_text,
+    new_hasher,
     parse_checksum,
     parse_concat,
     parse_metadata,
     parse_non_negative,
 )
-from .patch import content_length, raise_for_outcome, receive_body
+from .patch import content_length, pre_finish, raise_for_outcome, receive_body
+
+# A body up to this size that holds the whole upload is read before the upload's record is
+# written, so the record is created once, already complete (no lock, no second write).
+SMALL_UPLOAD_BYTES = 1 << 20
 
 
 def _declared_size(request: Request) -> int | None:
@@ -76,10 +84,12 @@ async def _create(
     ctx: TusContext, request: Request, size: int | None, metadata: dict[str, str | None],
     partial: bool, with_body: bool, checksum: tuple[str, bytes] | None,
 ) -> Response:
-    info, hook_headers = await create_record(ctx, request, UploadInfo(
-        id=new_upload_id(), size=size, metadata=metadata, partial=partial,
-        expires_at=None if size == 0 else ctx.next_expiry(),
-    ))
+    new = UploadInfo(id=new_upload_id(), size=size, metadata=metadata, partial=partial,
+                     expires_at=None if size == 0 else ctx.next_expiry())
+    if size == 0 or (with_body and size is not None and size <= SMALL_UPLOAD_BYTES
+                     and content_length(request) == size):
+        return await _create_complete(ctx, request, new, checksum if with_body else None)
+    info, hook_headers = await create_record(ctx, request, new)
     headers = {**hook_headers, "Tus-Resumable": TUS_VERSION,
                "Location": ctx.upload_url(request, info.id)}
     if size == 0 or with_body:
@@ -106,14 +116,74 @@ async def _create(
     return Response(status_code=201, headers=headers)
 
 
+async def _create_complete(
+    ctx: TusContext, request: Request, new: UploadInfo, checksum: tuple[str, bytes] | None,
+) -> Response:
+    """An upload whose every byte is in this (small) request: bytes first, then the record.
+
+    Nobody else knows the id yet, so no lock is needed; a crash before the record is
+    written leaves an orphan data file and no upload (the client never got a Location).
+    """
+    info, hook_headers = await create_record(
+        ctx, request, new, read_body=lambda: _read_small_body(ctx, request, new, checksum))
+    headers = {**hook_headers, "Tus-Resumable": TUS_VERSION,
+               "Location": ctx.upload_url(request, info.id)}
+    if info.size:
+        headers["Upload-Offset"] = str(info.offset)
+        metrics.bytes_received.inc(info.offset)
+        if ctx.hooks is not None:
+            ctx.hooks.tell("post-receive", info, request)
+        await pre_finish(ctx, request, info)
+    await ctx.completed(info)
+    return Response(status_code=201, headers=headers)
+
+
+async def _read_small_body(
+    ctx: TusContext, request: Request, info: UploadInfo, checksum: tuple[str, bytes] | None,
+) -> bytes:
+    if not info.size:
+        return b""
+    chunks: list[bytes] = []
+    with anyio.move_on_after(ctx.settings.network_timeout) as idle:
+        try:
+            async for chunk in request.stream():
+                chunks.append(chunk)
+        except ClientDisconnect:
+            # Nothing is created: the client never saw a Location to resume from.
+            raise TusError(400, "ERR_BODY_INCOMPLETE",
+                           "client went away during the body") from None
+    body = b"".join(chunks)
+    if idle.cancelled_caught:
+        raise TusError.read_timeout(ctx.settings.network_timeout)
+    if len(body) != info.size:
+        raise TusError(400, "ERR_BODY_INCOMPLETE",
+                       f"body has {len(body)} of its {info.size} bytes")
+    if checksum is not None:
+        hasher = new_hasher(checksum[0])
+        hasher.update(body)
+        if not hmac.compare_digest(hasher.digest(), checksum[1]):
+            raise TusError.checksum_mismatch()
+    return body
+
+
 async def create_record(
     ctx: TusContext, request: Request, info: UploadInfo,
+    read_body: Callable[[], Awaitable[bytes]] | None = None,
 ) -> tuple[UploadInfo, dict[str, str]]:
-    """Create the upload (after the pre-create hook); returns it and headers the hook set."""
+    """Create the upload (after the pre-create hook); returns it and headers the hook set.
+
+    With read_body, the upload's whole content is read (after the hook), stored and made
+    durable first, and the record is created already complete.
+    """
     info, answer = await _pre_create(ctx, request, info)
     now = time.time()
     info = info.evolve(created_at=now, updated_at=now, owner=current_subject())
-    await _create_storage(ctx, info)
+    body = b""
+    if read_body is not None:
+        body = await read_body()
+        info = info.evolve(offset=len(body), state=UploadState.COMPLETED, completed_at=now,
+                           expires_at=None)
+    await _create_storage(ctx, info, body)
     logs.event("upload.created", info.id, size=info.size, partial=info.partial,
                final=info.is_final, filename=metadata_text(info.metadata, "filename"),
                owner=info.owner)
@@ -123,12 +193,17 @@ async def create_record(
     return info, dict(answer.headers)
 
 
-async def _create_storage(ctx: TusContext, info: UploadInfo) -> None:
-    """Bytes file, then record. A disk error (a full volume: 507) leaves nothing behind."""
+async def _create_storage(ctx: TusContext, info: UploadInfo, body: bytes = b"") -> None:
+    """Bytes file (with the body, durable), then record. A disk error (a full volume:
+    507) leaves nothing behind."""
     created = False
+    data = ctx.backend.data
     try:
-        await ctx.backend.data.create(info.id)
+        await data.create(info.id)
         created = True
+        if body:
+            await data.write(info.id, 0, [body])
+            await data.sync(info.id)
         await ctx.backend.state.create(info)
     except OSError as exc:
         logs.event("upload.create_failed", info.id, level=40, error=str(exc))
