@@ -17,6 +17,18 @@ from types import FrameType
 Undo = Callable[[], None]
 
 
+def _exit_zero_after_drain(handler: Callable[..., object], sig: int) -> None:
+    """A drained SIGTERM is a clean stop: exit 0, not 'killed by SIGTERM' (143).
+
+    uvicorn (0.29+) records the signals it handled and raises them again after its
+    shutdown, with the default handler back, so the process dies of SIGTERM — which
+    systemd and Kubernetes report as a failed stop. Forget the SIGTERM it recorded.
+    """
+    captured = getattr(getattr(handler, "__self__", None), "_captured_signals", None)
+    if sig == signal.SIGTERM and isinstance(captured, list) and sig in captured:
+        captured.remove(sig)
+
+
 def on_exit_signal(callback: Callable[[], None]) -> Undo:
     """Run callback on the running event loop when SIGTERM/SIGINT arrives, then let the
     handler already installed (uvicorn's, which starts its own shutdown) run too."""
@@ -31,6 +43,7 @@ def on_exit_signal(callback: Callable[[], None]) -> Undo:
         chained = previous[signal.Signals(sig)]
         if callable(chained):
             chained(sig, frame)
+            _exit_zero_after_drain(chained, sig)
         elif chained == signal.SIG_DFL:
             raise KeyboardInterrupt
 
