@@ -1,7 +1,7 @@
 """Benchmark: naive Pillow vs pyvips vs tusd-py's thumbnailer on the issue-4 corpus.
 
     .venv/bin/python benchmarks/thumbnails.py [--scale 0.5] [--dir /tmp/thumbcorpus] [--only X]
-        [--tools vips,ours] [--repeat 3] [--keep]
+        [--tools vips,ours] [--repeat 5] [--keep]
 
 Generates the corpus deterministically (band by band, never a whole image in memory), then runs
 each tool per file in a fresh process (256 and 1024 px thumbnails), measuring wall time, peak
@@ -110,11 +110,14 @@ def run(tool: str, spec: Spec, src: Path, work: Path) -> dict[str, object]:
 
 
 def _median(rows: list[dict[str, object]]) -> dict[str, object]:
-    """The run with the median wall time, with the largest peak RSS of all runs."""
+    """The run with the median wall time, with the min and max wall time and the largest
+    peak RSS of all runs."""
     ok = [r for r in rows if r["ok"]] or rows
     ok.sort(key=lambda r: float(r["seconds"]))  # type: ignore[arg-type]
     row = dict(ok[(len(ok) - 1) // 2])
-    row["seconds"] = statistics.median(float(r["seconds"]) for r in ok)  # type: ignore[arg-type]
+    times = [float(r["seconds"]) for r in ok]  # type: ignore[arg-type]
+    row["seconds"] = statistics.median(times)
+    row["spread"] = (min(times), max(times))
     row["rss_mb"] = max(float(r["rss_mb"]) for r in rows)  # type: ignore[arg-type]
     return row
 
@@ -126,8 +129,8 @@ def main() -> int:
     ap.add_argument("--only", action="append", help="run only these corpus names")
     ap.add_argument("--tools", default="pillow,vips,ours")
     ap.add_argument("--keep", action="store_true", help="keep generated files")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per tool, interleaved; reports the median time (default 1)")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="runs per tool, interleaved; reports the median time (default 5)")
     args = ap.parse_args()
     tools = args.tools.split(",")
     if "ours" in tools:
@@ -139,7 +142,8 @@ def main() -> int:
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)
     print(f"scale {args.scale}; tools {tools}; sizes 256+1024; median of {args.repeat}\n")
-    print("| file | size | pixels | tool | wall s | peak RSS MB | PSNR dB | vs vips | notes |")
+    print("| file | size | pixels | tool | wall s, median (min-max) | peak RSS MB | PSNR dB "
+          "| vs vips | notes |")
     print("|---|---|---|---|---|---|---|---|---|")
     for spec in corpus(args.scale):
         if args.only and spec.name not in args.only:
@@ -162,9 +166,11 @@ def main() -> int:
             if isinstance(vips_t, float) and results["vips"]["ok"] and row["ok"]:
                 ratio = f"{float(row['seconds']) / vips_t:.2f}"  # type: ignore[arg-type]
             q = row.get("psnr")
+            lo, hi = row["spread"]  # type: ignore[misc]
+            spread = f" ({lo:.2f}-{hi:.2f})" if len(runs[tool]) > 1 else ""
             notes = str(row.get("path", "")) if row["ok"] else f"FAILED: {row.get('error')}"
             print(f"| {spec.name} | {size_mb:.1f} MB | {spec.w}x{spec.h} | {tool} | "
-                  f"{float(row['seconds']):.2f} | {float(row['rss_mb']):.0f} | "  # type: ignore[arg-type]
+                  f"{float(row['seconds']):.2f}{spread} | {float(row['rss_mb']):.0f} | "  # type: ignore[arg-type]
                   f"{'' if q is None else f'{q:.1f}'} | {ratio} | {notes} |", flush=True)
         if not args.keep:
             src.unlink()

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 from PIL import Image
 
-from ._reduce import Accumulator, normalise, resize, split_reduce, to_output_mode
+from ._reduce import Accumulator, normalise, resize, shrink, split_reduce, to_output_mode
 from ._tiff import TiffDecoder, TiffError, choose_level, describe, levels, run_tasks
 from ._tiffio import TiffFormatError, read_structure
 
@@ -323,21 +323,33 @@ def _write(p: Path, out_dir: str | os.PathLike[str], acc: Image.Image,
     ext = EXTENSIONS[fmt]
 
     def render(n: int, reduced: dict[int, Image.Image], threads: int) -> Image.Image:
+        """Size n from the accumulator (not yet transposed)."""
         tw, th = target_size(W, H, n)
         if (tw, th) == img.size:
-            t = img
-        else:
-            # each size gets its own integer pre-shrink, so small sizes stay cheap
-            k = shrink_factor(box[2], box[3], tw, th)
-            if k not in reduced:
-                reduced[k] = img.reduce(k) if k > 1 else img
-            b = (0.0, 0.0, box[2] / k, box[3] / k)
-            t = resize(reduced[k], (tw, th), b, threads)
-        if transpose is not None:
-            t = t.transpose(transpose)
-        return t
+            return img
+        # each size gets its own integer pre-shrink, so small sizes stay cheap
+        k = shrink_factor(box[2], box[3], tw, th)
+        if k not in reduced:
+            reduced[k] = img.reduce(k) if k > 1 else img
+        b = (0.0, 0.0, box[2] / k, box[3] / k)
+        return resize(reduced[k], (tw, th), b, threads)
+
+    def derive(n: int, done: dict[int, Image.Image]) -> Image.Image:
+        """Size n from the smallest finished larger thumbnail at least twice its size (much
+        less work than from the accumulator, and better: see SMALL_FILTER), else from the
+        accumulator."""
+        tw, th = target_size(W, H, n)
+        for m in sorted(done):
+            src = done[m]
+            if (tw, th) == src.size:
+                return src
+            if src.width >= 2 * tw and src.height >= 2 * th:
+                return shrink(src, (tw, th))
+        return render(n, {}, 1)
 
     def save(n: int, t: Image.Image) -> dict[str, Any]:
+        if transpose is not None:
+            t = t.transpose(transpose)
         name = f"thumb-{n}.{ext}"
         # the temp name keeps the extension: Pillow then loads only that format's plugin
         tmp, f = _create_temp(out, f".thumb-{n}", f".{ext}")
@@ -357,29 +369,35 @@ def _write(p: Path, out_dir: str | os.PathLike[str], acc: Image.Image,
         _event("thumbnail.written", file=str(p), name=name, width=t.width, height=t.height)
         return {"name": name, "size": n, "width": t.width, "height": t.height}
 
-    # The smaller sizes are rendered on a helper thread while this one renders and encodes
-    # the largest: resampling releases the GIL, the encoders do not, so they overlap. Only for
-    # small accumulators (pyramid levels, where this is a visible share of the run): with a
-    # large one the second thread's buffers and malloc arena add ~7 MB of peak RSS.
+    # The largest size is rendered first (resampling on `workers` threads), then the smaller
+    # ones are derived from it on a helper thread while this one encodes the largest:
+    # resampling releases the GIL, the encoders do not, so they overlap. A size that must come
+    # from the accumulator overlaps only when that is small: with a large one the second
+    # thread's buffers and malloc arena add ~7 MB of peak RSS.
+    largest_img = render(sizes[-1], {}, workers)
+    done: dict[int, Image.Image] = {sizes[-1]: largest_img}
     small: dict[int, Image.Image] = {}
     errors: list[BaseException] = []
 
     def render_small() -> None:
-        reduced: dict[int, Image.Image] = {}
         try:
-            for n in sizes[:-1]:
-                small[n] = render(n, reduced, 1)
+            for n in reversed(sizes[:-1]):
+                small[n] = done[n] = derive(n, dict(done))
         except BaseException as e:  # re-raised below, in this thread
             errors.append(e)
 
     helper: threading.Thread | None = None
-    if workers > 1 and len(sizes) > 1 and img.width * img.height <= OVERLAP_MAX_PIXELS:
+    if workers > 1 and len(sizes) > 1 and (
+            img.width * img.height <= OVERLAP_MAX_PIXELS
+            or all(largest_img.width >= 2 * target_size(W, H, n)[0]
+                   and largest_img.height >= 2 * target_size(W, H, n)[1]
+                   for n in sizes[:-1])):
         helper = threading.Thread(target=render_small, name="thumb-sizes", daemon=True)
         helper.start()
     else:
         render_small()
     try:
-        largest = save(sizes[-1], render(sizes[-1], {}, workers))
+        largest = save(sizes[-1], largest_img)
     finally:
         if helper is not None:
             helper.join()

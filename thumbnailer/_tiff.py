@@ -507,7 +507,11 @@ class TiffDecoder:
         x1 = max(g.x + g.w for g in segs)
         y1 = max(g.y + g.h for g in segs)
         mode = "L" if self.spp == 1 else "RGB"
-        band = Image.new(mode, (-(-(x1 - x0) // s), -(-(y1 - y0) // s)), None)
+        # kk == 1 (a pyramid level, or DCT scaling did all the shrinking): each segment goes
+        # straight into the accumulator, which clips the padding of edge segments; no band.
+        band = None if kk == 1 else Image.new(mode, (-(-(x1 - x0) // s), -(-(y1 - y0) // s)),
+                                               None)
+        pieces: list[Piece] = []
         tables = self.jpeg_tables
         for g in segs:
             data = self.read(g.offset, g.count)
@@ -523,8 +527,14 @@ class TiffDecoder:
             if tile.width < vw or tile.height < vh:
                 raise TiffError(f"JPEG segment {g.index} decodes to {tile.size}, "
                                 f"expected at least {vw}x{vh}")
-            # the band ends where the image does: pasting clips the padding of edge segments
-            band.paste(tile, ((g.x - x0) // s, (g.y - y0) // s))
+            if band is None:
+                pieces.append(("paste", g.x // s, g.y // s, tile, 0))
+            else:
+                # the band ends where the image does: pasting clips the padding of edge
+                # segments
+                band.paste(tile, ((g.x - x0) // s, (g.y - y0) // s))
+        if band is None:
+            return pieces
         return split_reduce(band, x0 // s, y0 // s, kk)
 
 

@@ -287,3 +287,42 @@ def test_class(name: str, tmp_path: Path) -> None:
         quality = psnr(im, reference(ref_src, (tw, th)))
         assert quality >= 30, f"{name} {n}px: PSNR {quality:.1f} dB"
     assert sorted(f.name for f in out.iterdir()) == sorted(t["name"] for t in meta["thumbnails"])
+
+
+# --- several sizes: smaller ones derived from the largest thumbnail ---------------------------
+
+def _quality(out: Path, meta: dict[str, object], src: Image.Image) -> dict[int, float]:
+    res: dict[int, float] = {}
+    for t in meta["thumbnails"]:  # type: ignore[attr-defined]
+        im = Image.open(out / t["name"])
+        res[t["size"]] = psnr(im.convert(src.mode), reference(src, im.size))
+    return res
+
+
+@pytest.mark.parametrize("sizes", [(40, 64, 160), (100, 160), (64, 160, 600)])
+@pytest.mark.parametrize("name", ["strip-lzw", "orientation", "page-pyramid", "jpeg"])
+def test_sizes_derived_from_larger_thumbnail(name: str, sizes: tuple[int, ...],
+                                             tmp_path: Path) -> None:
+    """Each size made alone (from the accumulator) vs all at once (a smaller size from the
+    smallest finished one at least twice its size, else from the accumulator): same sizes, and
+    no worse than 0.5 dB below the size made alone."""
+    path, src, _ = CASES[name](tmp_path)
+    together = _quality(tmp_path / "all", make_thumbnails(path, tmp_path / "all", sizes=sizes),
+                        src)
+    for n in sizes:
+        alone = _quality(tmp_path / f"one{n}",
+                         make_thumbnails(path, tmp_path / f"one{n}", sizes=(n,)), src)
+        assert together[n] >= 30, (n, together[n])
+        assert together[n] >= alone[n] - 0.5, (n, together[n], alone[n])
+        a = Image.open(tmp_path / "all" / f"thumb-{n}.jpg")
+        b = Image.open(tmp_path / f"one{n}" / f"thumb-{n}.jpg")
+        assert a.size == b.size
+
+
+def test_pyramid_level_under_2x_quality(tmp_path: Path) -> None:
+    """A level less than 2x the target is resized with NEAR_FILTER; its quality stays close
+    to a Lanczos resize of the full image (the pattern's edges make this a hard case)."""
+    path, src, _ = page_pyramid(tmp_path)
+    meta = make_thumbnails(path, tmp_path / "out", sizes=(200,))  # level 300 px: 1.5x
+    assert meta["path"] == "pyramid" and meta["reduction"] == 4.0
+    assert _quality(tmp_path / "out", meta, src)[200] >= 37  # 39.0 dB; bicubic: 39.8
