@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ class MemoryLocker:
 
     def __init__(self) -> None:
         self._holders: dict[str, _Holder] = {}
-        self._epochs = itertools.count(1)
+        # Epochs must keep growing across restarts: records keep the highest epoch that
+        # committed, and a lower one is fenced. Nanoseconds since the epoch only grow.
+        self._epochs = itertools.count(time.time_ns())
 
     async def leader(self, name: str, ttl: float) -> bool:
         return True  # one process: it is always the leader

@@ -272,5 +272,7 @@ def create_app(
         exception_handlers={TusError: _render_tus_error},
         lifespan=lifespan,
     )
+    # /files/%2F must be a 404 like any other unknown id, not a redirect to /files.
+    app.router.redirect_slashes = False
     app.state.tus = ctx
     return app

@@ -19,7 +19,10 @@ def part_ids(base_path: str, urls: Sequence[str]) -> list[str]:
     """Upload ids from Upload-Concat URLs (absolute or relative, under our base path)."""
     ids = []
     for url in urls:
-        path = urlsplit(url).path
+        try:
+            path = urlsplit(url).path
+        except ValueError:  # e.g. 'http://[' (an unterminated IPv6 host)
+            raise TusError.invalid_concat(url) from None
         if not path.startswith(base_path):
             raise TusError.invalid_concat(url)
         upload_id = path[len(base_path):]
@@ -55,6 +58,11 @@ async def try_finish_final(ctx: TusContext, final: UploadInfo) -> UploadInfo:
     partials = await load_partials(ctx, final.parts)
     if not all(p.state.finished for p in partials):
         return final
+    total = known_total(partials)
+    max_size = ctx.settings.max_size
+    if max_size and total is not None and total > max_size:
+        # Partials whose lengths were deferred can add up past the limit only now.
+        raise TusError.too_large(f"concatenated length {total} exceeds Tus-Max-Size {max_size}")
     backend = ctx.backend
     lock = backend.locker.hold(final.id, on_release_requested=lambda: None,
                                timeout=ctx.settings.lock_timeout)
@@ -82,3 +90,5 @@ async def finish_waiting_finals(ctx: TusContext, partial_id: str) -> None:
                 await try_finish_final(ctx, final)
             except TusError as exc:
                 logs.event("upload.concat_failed", final.id, level=40, error=exc.message)
+            except OSError as exc:  # e.g. a full volume: the final waits, the partial is done
+                logs.event("upload.concat_failed", final.id, level=40, error=str(exc))

@@ -136,10 +136,29 @@ else:
         _header_bytes = 0
         _header_count = 0
         _too_large = False
+        _in_headers = False  # between on_message_begin and on_headers_complete
+        _raw_bytes = 0
+
+        def data_received(self, data: bytes) -> None:
+            # httptools hands a header over only once its line is complete, so one endless
+            # line would be buffered whole: count the raw bytes of the header section too.
+            super().data_received(data)
+            if self._in_headers and not self._too_large and not self.transport.is_closing():
+                # Still inside a header section after this chunk: it all counts.
+                self._raw_bytes += len(data)
+                if self._raw_bytes > MAX_HEADER_BYTES + 8192:
+                    self._too_large = True
+                    self.send_400_response("")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._header_bytes = self._header_count = 0
+            self._in_headers = True
+            self._raw_bytes = 0
+
+        def on_headers_complete(self) -> None:
+            self._in_headers = False
+            self._on_headers_complete()
 
         def on_url(self, url: bytes) -> None:
             self._count(len(url), lines=0)
@@ -170,7 +189,7 @@ else:
                 b"connection: close\r\n\r\n" + body)
             self.transport.close()
 
-        def on_headers_complete(self) -> None:
+        def _on_headers_complete(self) -> None:
             before = self.cycle
             super().on_headers_complete()
             cycle = self.cycle

@@ -6,11 +6,15 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from storage import UploadState
+
 from ..context import get_context
 from ..errors import TusError
 from ..protocol import TUS_VERSION, metadata_text
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+# At most 18 digits: larger numbers are no byte offset, and int() of thousands of digits
+# is slow (and refused by Python past 4300).
+_RANGE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
 _MIME = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 # Served inline only when a browser cannot run them as a page (tusd's allow-list idea).
 _INLINE = re.compile(r"(image/(png|jpeg|gif|webp|avif|bmp)|video/.+|audio/.+|application/pdf"
@@ -26,7 +30,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None  # multi-range or garbage: RFC 9110 lets us send the whole body
     if not match[1]:
         suffix = int(match[2])
-        if suffix == 0:
+        if suffix == 0 or size == 0:
             raise TusError.range_not_satisfiable(size)
         return max(size - suffix, 0), size
     start = int(match[1])
@@ -74,5 +78,9 @@ async def get(request: Request) -> Response:
     headers["Content-Length"] = str(end - start)
     if request.method == "HEAD" or end == start:
         return Response(status_code=status, headers=headers)
+    if info.state is not UploadState.PROCESSED:
+        # Downloaded before processing ran: an object store assembles the parts now
+        # (idempotent; processing does the same, and a no-op for files).
+        await ctx.backend.data.finish(info.id, size)
     body = ctx.backend.data.read(info.id, start, end)
     return StreamingResponse(body, status_code=status, headers=headers)
