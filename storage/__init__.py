@@ -15,6 +15,7 @@ from .base import (
     LocalFiles,
     Locker,
     LockTimeout,
+    ObjectOutputs,
     OffsetMismatch,
     PermanentProcessingError,
     Processor,
@@ -26,6 +27,7 @@ from .base import (
     UploadState,
 )
 from .file_data import FileDataStore
+from .file_locker import FileLocker
 from .file_state import FileStateStore
 from .final_files import FinalFiles, sanitize_component
 from .ids import is_valid_upload_id, new_upload_id
@@ -38,6 +40,7 @@ __all__ = [
     "DataStore",
     "Fenced",
     "FileDataStore",
+    "FileLocker",
     "FileStateStore",
     "FinalFiles",
     "InvalidTransition",
@@ -47,6 +50,7 @@ __all__ = [
     "LockTimeout",
     "Locker",
     "MemoryLocker",
+    "ObjectOutputs",
     "OffsetMismatch",
     "OutboxQueue",
     "PermanentProcessingError",
@@ -64,8 +68,23 @@ __all__ = [
 ]
 
 
-def embedded_backend(upload_dir: Path, *, fsync: bool = True) -> Backend:
-    """The default: files + `.info` JSON + in-process locks and queue. No Redis."""
+def embedded_backend(upload_dir: Path, *, fsync: bool = True, shared: bool = False) -> Backend:
+    """The default: files + `.info` JSON + in-process locks and queue. No Redis.
+
+    shared=True: several processes of one host use upload_dir at once (`--workers N`):
+    flock-based upload locks with release requests over unix sockets, records changed
+    under cross-process locks and never cached, job claims for the completion queue.
+    """
+    if shared:
+        locker = FileLocker(upload_dir)
+        return Backend(
+            data=FileDataStore(upload_dir, fsync=fsync),
+            state=FileStateStore(upload_dir, fsync=fsync, shared=True),
+            locker=locker,
+            queue=OutboxQueue(claims=locker),
+            services=(locker.listen,),
+            aclose=locker.aclose,
+        )
     return Backend(
         data=FileDataStore(upload_dir, fsync=fsync),
         state=FileStateStore(upload_dir, fsync=fsync),

@@ -151,9 +151,16 @@ class DataStore(Protocol):
 
 
 class StateStore(Protocol):
-    """Upload records. commit() is the only way an offset advances."""
+    """Upload records. commit() is the only way an offset advances, except at creation."""
 
-    async def create(self, info: UploadInfo) -> None: ...
+    async def create(self, info: UploadInfo) -> None:
+        """Store a new record; StorageError if the id exists.
+
+        A record may be created already COMPLETED (a small upload whose bytes were stored
+        before its record): it is then queued for processing in the same atomic step,
+        as commit() does.
+        """
+        ...
 
     async def get(self, upload_id: str) -> UploadInfo:
         """Raises UploadNotFound; a gone upload is returned (callers decide)."""

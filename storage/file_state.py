@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import threading
 import time
 import weakref
+import zlib
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,7 @@ from .fsync import fsync_path
 from .ids import is_valid_upload_id
 
 CACHE_SIZE = 10_000
+STRIPES = 256  # record locks of a shared store: flocked files <dir>/.locks/00 .. ff
 
 
 def info_to_json(info: UploadInfo) -> dict[str, Any]:
@@ -53,17 +59,25 @@ def info_from_json(raw: dict[str, Any]) -> UploadInfo:
 
 
 class FileStateStore:
-    """The embedded state store: one process owns the directory.
+    """The embedded state store.
 
-    Read-modify-write cycles are serialised per upload by an in-process lock;
-    every change is written to a temp file, fsynced and renamed over the old one,
+    Every change is written to a temp file, fsynced and renamed over the old one,
     so a crash leaves either the old or the new record, never a torn one.
+
+    By default one process owns the directory: read-modify-write cycles are
+    serialised per upload by an in-process lock and records are cached. With
+    `shared=True` several processes of one host use the directory at once: each
+    change (read, check, write) is one worker-thread call under an flock on the
+    record's stripe file, and every read goes to the file (no cache could know what
+    another process wrote).
     """
 
-    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+    def __init__(self, root: Path, *, fsync: bool = True, shared: bool = False) -> None:
         self.dir = root / "uploads"
         self.fsync = fsync
+        self.shared = shared
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._stripes = _Stripes(self.dir / ".locks") if shared else None
         # Weak values: a lock lives only while some task holds or waits for it.
         self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = (
             weakref.WeakValueDictionary())
@@ -91,31 +105,57 @@ class FileStateStore:
 
     async def _read(self, upload_id: str) -> UploadInfo:
         path = self._path(upload_id)
+        if self.shared:
+            return await anyio.to_thread.run_sync(_load, path, upload_id,
+                                                  limiter=self._limiter)
         cached = self._cache.get(upload_id)
         if cached is not None:
             return cached
-
-        def _load() -> UploadInfo:
-            try:
-                return info_from_json(json.loads(path.read_bytes()))
-            except FileNotFoundError:
-                raise UploadNotFound(upload_id) from None
-            except (ValueError, KeyError) as exc:
-                raise StorageError(f"corrupt state file {path}: {exc}") from exc
-
-        info = await anyio.to_thread.run_sync(_load, limiter=self._limiter)
-        self._remember(info)
+        info = await anyio.to_thread.run_sync(_load, path, upload_id, limiter=self._limiter)
+        if upload_id not in self._cache:
+            # A write that finished while we read is newer: never put the old record back.
+            self._remember(info)
         return info
+
+    async def _update(self, upload_id: str,
+                      change: Callable[[UploadInfo], UploadInfo]) -> UploadInfo:
+        """Read, change (which may raise) and write the record, atomically."""
+        if self._stripes is not None:
+            path, stripes, fsync = self._path(upload_id), self._stripes, self.fsync
+
+            def _locked() -> UploadInfo:
+                with stripes.hold(upload_id):
+                    info = change(_load(path, upload_id))
+                    _atomic_write(path, _dump(info), fsync)
+                    return info
+
+            return await anyio.to_thread.run_sync(_locked, limiter=self._limiter)
+        async with self._lock(upload_id):
+            info = change(await self._read(upload_id))
+            await self._write(info)
+            return info
 
     async def _write(self, info: UploadInfo, *, new: bool = False) -> None:
         path = self._path(info.id)
-        payload = json.dumps(info_to_json(info), separators=(",", ":")).encode()
+        payload = _dump(info)
         self._cache.pop(info.id, None)  # a failed write must not leave a phantom record
         await anyio.to_thread.run_sync(_atomic_write, path, payload, self.fsync, new,
                                        limiter=self._limiter)
         self._remember(info)
 
     async def create(self, info: UploadInfo) -> None:
+        if self._stripes is not None:
+            path, stripes, fsync = self._path(info.id), self._stripes, self.fsync
+
+            def _create() -> None:
+                with stripes.hold(info.id):
+                    _atomic_write(path, _dump(info), fsync, True)
+
+            try:
+                await anyio.to_thread.run_sync(_create, limiter=self._limiter)
+            except FileExistsError:
+                raise StorageError(f"upload {info.id} exists") from None
+            return
         async with self._lock(info.id):
             try:
                 await self._write(info, new=True)
@@ -129,8 +169,7 @@ class FileStateStore:
         self, upload_id: str, *, epoch: int, expected: int, new: int,
         expires_at: float | None = None,
     ) -> UploadInfo:
-        async with self._lock(upload_id):
-            info = await self._read(upload_id)
+        def change(info: UploadInfo) -> UploadInfo:
             if epoch < info.epoch:
                 raise Fenced(f"epoch {epoch} < {info.epoch}")
             if info.state is not UploadState.UPLOADING:
@@ -141,18 +180,17 @@ class FileStateStore:
                 raise StorageError(f"offset {new} past size {info.size}")
             now = time.time()
             done = info.size is not None and new == info.size
-            info = info.evolve(
+            return info.evolve(
                 offset=new, epoch=epoch, updated_at=now,
                 expires_at=None if done else (expires_at or info.expires_at),
                 state=UploadState.COMPLETED if done else UploadState.UPLOADING,
                 completed_at=now if done else None,
             )
-            await self._write(info)
-            return info
+
+        return await self._update(upload_id, change)
 
     async def declare_length(self, upload_id: str, *, epoch: int, size: int) -> UploadInfo:
-        async with self._lock(upload_id):
-            info = await self._read(upload_id)
+        def change(info: UploadInfo) -> UploadInfo:
             if epoch < info.epoch:
                 raise Fenced(f"epoch {epoch} < {info.epoch}")
             if info.size is not None and info.size != size:
@@ -161,28 +199,30 @@ class FileStateStore:
                 raise InvalidTransition("length below offset")
             done = info.state is UploadState.UPLOADING and info.offset == size
             now = time.time()
-            info = info.evolve(
+            return info.evolve(
                 size=size, epoch=epoch, updated_at=now,
                 state=UploadState.COMPLETED if done else info.state,
                 expires_at=None if done else info.expires_at,
                 completed_at=now if done else info.completed_at,
             )
-            await self._write(info)
-            return info
+
+        return await self._update(upload_id, change)
 
     async def transition(
         self, upload_id: str, to: UploadState, *, expect: frozenset[UploadState],
         **fields: Any,
     ) -> UploadInfo:
-        async with self._lock(upload_id):
-            info = await self._read(upload_id)
+        def change(info: UploadInfo) -> UploadInfo:
             if info.state not in expect:
                 raise InvalidTransition(f"{info.state} -> {to}")
-            info = info.evolve(state=to, updated_at=time.time(), **fields)
-            await self._write(info)
-            return info
+            return info.evolve(state=to, updated_at=time.time(), **fields)
+
+        return await self._update(upload_id, change)
 
     async def scan(self, states: frozenset[UploadState] | None = None) -> list[UploadInfo]:
+        if self.shared:
+            found = await anyio.to_thread.run_sync(_load_all, self.dir, limiter=self._limiter)
+            return [i for i in found if states is None or i.state in states]
         names = await anyio.to_thread.run_sync(os.listdir, self.dir)
         out: list[UploadInfo] = []
         for name in names:
@@ -211,9 +251,80 @@ class FileStateStore:
 
     async def purge(self, upload_id: str) -> None:
         path = self._path(upload_id)
+        if self._stripes is not None:
+            stripes = self._stripes
+
+            def _purge() -> None:
+                with stripes.hold(upload_id):
+                    path.unlink(missing_ok=True)
+
+            await anyio.to_thread.run_sync(_purge, limiter=self._limiter)
+            return
         async with self._lock(upload_id):
             self._cache.pop(upload_id, None)
             await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+
+
+def _dump(info: UploadInfo) -> bytes:
+    return json.dumps(info_to_json(info), separators=(",", ":")).encode()
+
+
+def _load(path: Path, upload_id: str) -> UploadInfo:
+    try:
+        return info_from_json(json.loads(path.read_bytes()))
+    except FileNotFoundError:
+        raise UploadNotFound(upload_id) from None
+    except (ValueError, KeyError) as exc:
+        raise StorageError(f"corrupt state file {path}: {exc}") from exc
+
+
+def _load_all(directory: Path) -> list[UploadInfo]:
+    out: list[UploadInfo] = []
+    for name in os.listdir(directory):
+        if name.endswith(".info") and not name.startswith("."):
+            upload_id = name[: -len(".info")]
+            if not is_valid_upload_id(upload_id):
+                continue
+            try:
+                out.append(_load(directory / name, upload_id))
+            except StorageError:
+                continue
+    return out
+
+
+class _Stripes:
+    """Record locks shared by processes: upload ids hash onto STRIPES flocked files.
+
+    A stripe is held for one read-check-write (microseconds to an fsync), so two
+    uploads sharing one rarely wait; and there is no lock file per upload to clean up.
+    flock is per open file, so threads of one process sharing a stripe's descriptor
+    also take its threading.Lock.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.dir = directory
+        self._mutexes = [threading.Lock() for _ in range(STRIPES)]
+        self._fds: dict[int, int] = {}
+
+    def _fd(self, stripe: int) -> int:
+        fd = self._fds.get(stripe)
+        if fd is None:
+            fd = self._fds[stripe] = os.open(self.dir / f"{stripe:02x}",
+                                             os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return fd
+
+    @contextmanager
+    def hold(self, upload_id: str) -> Iterator[None]:
+        """In a worker thread: exclusive across this process's threads and other processes."""
+        stripe = zlib.crc32(upload_id.encode()) % STRIPES
+        with self._mutexes[stripe]:
+            fd = self._fd(stripe)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _atomic_write(path: Path, payload: bytes, fsync: bool = True, new: bool = False) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3_support import s3_server  # noqa: F401  (session fixture: a real S3 server)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -42,6 +42,28 @@ def _add_storage_flags(parser: argparse.ArgumentParser) -> None:
         help="keep upload state, locks and completion jobs in Redis so several instances "
              "can share one upload dir: redis://host:6379/0, rediss://..., unix:///path, or "
              "redis+sentinel://host1:26379,host2:26379/mymaster (default: embedded, no Redis)")
+    add("--s3-bucket", default=_env("s3-bucket", None),
+        help="keep upload bytes in this S3 bucket (any S3-compatible server); with "
+             "--redis-url instances share nothing but Redis and the bucket, without it the "
+             "upload records are objects in the bucket too (one instance)")
+    add("--s3-endpoint", default=_env("s3-endpoint", None),
+        help="S3 endpoint URL, e.g. https://<account>.r2.cloudflarestorage.com or "
+             "http://minio:9000 (default: AWS for --s3-region)")
+    add("--s3-prefix", default=_env("s3-prefix", _DEFAULTS.s3_prefix),
+        help="key prefix of every object written (e.g. 'uploads/')")
+    add("--s3-region", default=_env("s3-region", None),
+        help="S3 region (default: AWS_DEFAULT_REGION or ~/.aws/config)")
+    add("--s3-part-size", type=int, default=_env("s3-part-size", _DEFAULTS.s3_part_size, int),
+        help="preferred multipart part size in bytes; full parts upload while the body "
+             "arrives")
+    add("--s3-min-part-size", type=int,
+        default=_env("s3-min-part-size", _DEFAULTS.s3_min_part_size, int),
+        help="smallest non-last part the server accepts (AWS: 5 MiB); set it equal to "
+             "--s3-part-size for servers that want equal parts (R2)")
+    add("--s3-max-concurrent-part-uploads", type=int,
+        default=_env("s3-max-concurrent-part-uploads",
+                     _DEFAULTS.s3_max_concurrent_part_uploads, int),
+        help="parts of one upload in flight at once (also bounds its local spool)")
     add("--durability", choices=["fsync", "os"],
         default=_env("durability", "fsync"),
         help="fsync: bytes are on disk before an offset is committed (survives power loss); "
@@ -150,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("lock-timeout", _DEFAULTS.lock_timeout, float),
         help="seconds a request waits for a busy upload before answering 423")
     add("--workers", type=int, default=_env("workers", _DEFAULTS.workers, int),
-        help="server processes sharing the port (more than 1 needs --redis-url)")
+        help="server processes sharing the port and the upload dir (embedded storage: "
+             "flock-based locks across them; with --s3-bucket more than 1 needs --redis-url)")
     add("--no-dashboard", dest="dashboard", action="store_false",
         default=_env("dashboard", True, _bool), help="do not serve the upload page at /")
     add("--no-processing", dest="processing", action="store_false",
@@ -186,6 +209,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     serving = args.command == "serve"
     return Settings(
         upload_dir=args.upload_dir.resolve(), redis_url=args.redis_url or None,
+        s3_bucket=args.s3_bucket or None, s3_endpoint=args.s3_endpoint or None,
+        s3_prefix=args.s3_prefix, s3_region=args.s3_region or None,
+        s3_part_size=args.s3_part_size, s3_min_part_size=args.s3_min_part_size,
+        s3_max_concurrent_part_uploads=args.s3_max_concurrent_part_uploads,
         expiration=args.expiration, fsync=args.durability == "fsync",
         final_dir=args.final_dir.resolve() if args.final_dir else None,
         namespace_key=args.namespace_key,
@@ -214,8 +241,20 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def build_backend(settings: Settings) -> Backend:
+    if settings.s3_bucket:
+        from storage.s3 import S3Options, s3_backend
+
+        options = S3Options(
+            bucket=settings.s3_bucket, endpoint=settings.s3_endpoint, region=settings.s3_region,
+            prefix=settings.s3_prefix, part_size=settings.s3_part_size,
+            min_part_size=settings.s3_min_part_size,
+            max_concurrent_part_uploads=settings.s3_max_concurrent_part_uploads)
+        return s3_backend(options, settings.upload_dir, redis_url=settings.redis_url,
+                          tombstone_seconds=settings.tombstone_seconds)
     if not settings.redis_url:
-        return embedded_backend(settings.upload_dir, fsync=settings.fsync)
+        # Several worker processes share the upload dir: cross-process locks and records.
+        return embedded_backend(settings.upload_dir, fsync=settings.fsync,
+                                shared=settings.workers > 1)
     from storage.redis import redis_backend
 
     return redis_backend(settings.redis_url, settings.upload_dir,
@@ -264,9 +303,9 @@ def serve(settings: Settings) -> None:
     except (ValueError, ImportError, OSError) as exc:
         print(f"tusd-py: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    if settings.workers > 1 and not settings.redis_url:
-        # The embedded store's locks live inside one process.
-        print("tusd-py: --workers > 1 needs --redis-url", file=sys.stderr)
+    if settings.workers > 1 and settings.s3_bucket and not settings.redis_url:
+        # The S3 store's `.info` objects and locks belong to one process.
+        print("tusd-py: --workers > 1 with --s3-bucket needs --redis-url", file=sys.stderr)
         raise SystemExit(2)
     _require_redis(settings)
     options: dict[str, Any] = dict(

@@ -19,9 +19,17 @@ class Settings:
     behind_proxy: bool = False
     network_timeout: float = 60.0
     redis_url: str | None = None  # None: the embedded default (files + in-process locks)
+    # S3-compatible object storage for the bytes (with redis_url: shared by many instances).
+    s3_bucket: str | None = None
+    s3_endpoint: str | None = None  # None: AWS (from the region)
+    s3_prefix: str = ""
+    s3_region: str | None = None  # None: AWS_DEFAULT_REGION / ~/.aws/config
+    s3_part_size: int = 50 << 20
+    s3_min_part_size: int = 5 << 20
+    s3_max_concurrent_part_uploads: int = 4
     dashboard: bool = True  # the upload page at /
     fsync: bool = True  # False: checkpoints trust the page cache (as tusd and @tus/server do)
-    workers: int = 1  # server processes (more than one needs redis_url)
+    workers: int = 1  # server processes (embedded: >1 shares the dir with flock locks)
     log_level: str = "info"
     log_format: str = "text"
     lock_timeout: float = 20.0  # how long a request waits for an upload's lock before 423

@@ -5,9 +5,10 @@ DataStore.sync() followed by StateStore.commit(). tus-js-client sends a whole
 file in one PATCH by default, so without checkpoints a drop at 9.9 GB of
 10 GB would lose everything.
 
-Receiving and writing overlap: the request task fills a buffer while a writer
-task writes the previous one and takes checkpoints. The channel between them
-holds one buffer, so memory per upload stays under three write buffers.
+Receiving, writing and flushing overlap: the request task fills a buffer while a
+writer task writes the previous one, and a checkpoint's fsync + commit runs beside
+the writes that follow it (it commits only the offset it fsynced). The channel
+between them holds one buffer, so memory per upload stays under three write buffers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.requests import ClientDisconnect
 
@@ -33,6 +35,8 @@ from .protocol import Hasher, new_hasher
 
 # Bound on the final save after an interruption (tusd: request-completion-timeout).
 FINAL_SAVE_SECONDS = 10.0
+# Writes may run this many checkpoint intervals ahead of a flush still in progress.
+MAX_UNCOMMITTED_CHECKPOINTS = 4
 
 
 class Outcome(enum.Enum):
@@ -76,6 +80,10 @@ class _Writer:
     sync_failed: bool = False  # after a failed fsync, no byte since the last commit is trusted
     started: float = field(default_factory=time.monotonic)
     last_checkpoint: float = field(default_factory=time.monotonic)
+    # A checkpoint runs beside the writes that follow it (the disk flushes while the
+    # network fills the page cache); this is set while one is in flight.
+    _flushing: anyio.Event | None = None
+    _tasks: TaskGroup | None = None
 
     def __post_init__(self) -> None:
         self.start = self.written = self.info.offset
@@ -103,20 +111,38 @@ class _Writer:
             self._io_failed(exc, "write")
             return
         settings = self.ctx.settings
+        uncommitted = self.written - self.info.offset
         if self.checkpoints and (
-            self.written - self.info.offset >= settings.checkpoint_bytes
+            uncommitted >= settings.checkpoint_bytes
             or time.monotonic() - self.last_checkpoint >= settings.checkpoint_seconds
         ):
+            if self._flushing is not None:
+                if uncommitted >= MAX_UNCOMMITTED_CHECKPOINTS * settings.checkpoint_bytes:
+                    await self._flushing.wait()  # the disk is behind: let it catch up
+                return
+            if self._tasks is None:
+                await self.checkpoint()
+                return
+            self._flushing = anyio.Event()
+            self._tasks.start_soon(self._background_checkpoint, self._flushing)
+
+    async def _background_checkpoint(self, done: anyio.Event) -> None:
+        try:
             await self.checkpoint()
+        finally:
+            self._flushing = None
+            done.set()
 
     async def run(self, batches: MemoryObjectReceiveStream[list[bytes]]) -> None:
-        async with batches:
+        # The task group outlives the loop: a checkpoint still flushing is awaited here.
+        async with anyio.create_task_group() as self._tasks, batches:
             async for batch in batches:
                 await self.write(batch)
+        self._tasks = None
 
     async def checkpoint(self) -> None:
-        committed = self.info.offset
-        if self.written == committed or self._stopped():
+        committed, target = self.info.offset, self.written
+        if target == committed or self._stopped():
             return
         backend = self.ctx.backend
         # A commit cancelled half-way could be applied without us knowing it.
@@ -130,9 +156,10 @@ class _Writer:
                 self._io_failed(exc, "sync")
                 return
             try:
+                # `target`, not self.written: writes made while fsync ran may not be on disk.
                 self.info = await backend.state.commit(
                     self.info.id, epoch=self.lease.epoch, expected=committed,
-                    new=self.written, expires_at=self.ctx.next_expiry(),
+                    new=target, expires_at=self.ctx.next_expiry(),
                 )
             except Fenced:
                 logs.event("upload.fenced", self.info.id, level=logging.WARNING,
@@ -153,7 +180,7 @@ class _Writer:
                 return
         self.last_checkpoint = time.monotonic()
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        logs.event("upload.checkpoint", self.info.id, offset=self.written,
+        logs.event("upload.checkpoint", self.info.id, offset=target,
                    mb_per_s=round((self.written - self.start) / elapsed / 1e6, 1))
 
     async def salvage(self, *, keep_written: bool) -> None:

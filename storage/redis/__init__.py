@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..base import Backend
+from ..base import Backend, DataStore
 from ..file_data import FileDataStore
 from .client import RedisConnection, connect
 from .locker import RedisLocker
@@ -21,11 +21,13 @@ __all__ = ["RedisConnection", "RedisLocker", "RedisStateStore", "RedisStreamQueu
 
 def redis_backend(url: str, upload_dir: Path, *, lease_seconds: float = 10.0,
                   reclaim_idle_seconds: float = 300.0,
-                  tombstone_seconds: float = 7 * 86400, fsync: bool = True) -> Backend:
+                  tombstone_seconds: float = 7 * 86400, fsync: bool = True,
+                  data: DataStore | None = None) -> Backend:
+    """Redis state, locks and queue; bytes in `data` (default: files under upload_dir)."""
     conn = RedisConnection(url)
     locker = RedisLocker(conn, lease_seconds=lease_seconds)
     return Backend(
-        data=FileDataStore(upload_dir, fsync=fsync),
+        data=data or FileDataStore(upload_dir, fsync=fsync),
         state=RedisStateStore(conn, tombstone_seconds=tombstone_seconds),
         locker=locker,
         queue=RedisStreamQueue(conn, reclaim_idle_seconds=reclaim_idle_seconds),

@@ -68,8 +68,38 @@ async def test_write_sync_commit_and_read_back(backend: Backend) -> None:
     await backend.data.sync(info.id)
     after = await commit(backend, info.id, 0, 5)
     assert after.offset == 5 and after.state is UploadState.UPLOADING
-    assert await read_all(backend, info.id, 0, 5) == b"hello"
+    assert await backend.data.size(info.id) == 5
+    assert await backend.data.write(info.id, 5, [b" world"]) == 6
+    await backend.data.sync(info.id)
+    await commit(backend, info.id, 5, 10)
+    # read() is valid once finish() assembled the committed bytes (a no-op for files).
+    await backend.data.finish(info.id, 11)
+    await backend.data.finish(info.id, 11)  # idempotent
+    assert await read_all(backend, info.id, 0, 11) == b"hello world"
     assert await read_all(backend, info.id, 1, 3) == b"el"
+    assert await backend.data.size(info.id) == 11
+
+
+async def test_zero_length_upload_finishes_empty(backend: Backend) -> None:
+    info = await make(backend, size=0)
+    await commit(backend, info.id, 0, 0)
+    await backend.data.finish(info.id, 0)
+    assert await read_all(backend, info.id, 0, 0) == b""
+    assert await backend.data.size(info.id) == 0
+
+
+async def test_many_tiny_synced_writes(backend: Backend) -> None:
+    info = await make(backend, size=300)
+    data = bytes(range(256)) + b"x" * 44
+    offset = 0
+    for step in (1, 1, 100, 1, 97, 100):
+        await backend.data.truncate(info.id, offset)  # what every PATCH starts with
+        await backend.data.write(info.id, offset, [data[offset:offset + step]])
+        await backend.data.sync(info.id)
+        await commit(backend, info.id, offset, offset + step)
+        offset += step
+    await backend.data.finish(info.id, 300)
+    assert await read_all(backend, info.id, 0, 300) == data
 
 
 async def test_commit_to_size_completes_atomically(backend: Backend) -> None:
@@ -113,6 +143,8 @@ async def test_truncate_drops_uncommitted_tail(backend: Backend) -> None:
     await backend.data.truncate(info.id, 4)
     assert await backend.data.size(info.id) == 4
     await backend.data.write(info.id, 4, [b"XYZ"])
+    await backend.data.sync(info.id)
+    await backend.data.finish(info.id, 7)
     assert await read_all(backend, info.id, 0, 7) == b"0123XYZ"
 
 

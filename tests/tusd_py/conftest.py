@@ -10,17 +10,19 @@ import pytest
 import redis as redis_lib
 
 from tests.conftest import RedisServer, ServerProcess
+from tests.s3_support import S3Server
 
 _redis_dbs = itertools.cycle(range(1, 16))
 
 
-@pytest.fixture(scope="module", params=["embedded", "redis"])
+@pytest.fixture(scope="module", params=["embedded", "redis", "s3-redis"])
 def server_factory(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., ServerProcess]]:
     """Module-scoped factory: server_factory("--max-size", "100") starts a server.
 
-    Every module runs twice: against the embedded default and against Redis.
+    Every module runs three times: against the embedded default, against Redis, and
+    against Redis plus a real S3 server (tests/s3_support.py) for the bytes.
     """
     started: list[ServerProcess] = []
 
@@ -31,6 +33,12 @@ def server_factory(
             url = f"{redis.url.rsplit('/', 1)[0]}/{next(_redis_dbs)}"
             redis_lib.Redis.from_url(url).flushdb()
             args = ("--redis-url", url, *args)
+        elif request.param == "s3-redis":
+            redis = request.getfixturevalue("redis_server")
+            s3: S3Server = request.getfixturevalue("s3_server")
+            url = f"{redis.url.rsplit('/', 1)[0]}/{next(_redis_dbs)}"
+            redis_lib.Redis.from_url(url).flushdb()
+            args = ("--redis-url", url, *s3.flags(f"proto-{base.name}/"), *args)
         srv = ServerProcess(upload_dir=base / "data", args=list(args))
         srv.start()
         started.append(srv)
