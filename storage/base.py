@@ -297,6 +297,10 @@ class ObjectOutputs(Protocol):
 
     async def read_output(self, relative: str) -> bytes | None: ...
 
+    async def delete_outputs(self, relative_dir: str) -> int:
+        """Remove everything under `<relative_dir>/` (termination); return how many."""
+        ...
+
 
 class Processor(Protocol):
     """Finalizes a completed upload. Must be idempotent: it may run twice."""

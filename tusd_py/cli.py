@@ -213,6 +213,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         s3_prefix=args.s3_prefix, s3_region=args.s3_region or None,
         s3_part_size=args.s3_part_size, s3_min_part_size=args.s3_min_part_size,
         s3_max_concurrent_part_uploads=args.s3_max_concurrent_part_uploads,
+        # A checkpoint on S3 uploads the spooled remainder: at least two parts between
+        # checkpoints keep most bytes in full parts uploaded while the body arrives.
+        checkpoint_bytes=max(_DEFAULTS.checkpoint_bytes, 2 * args.s3_part_size)
+        if args.s3_bucket else _DEFAULTS.checkpoint_bytes,
         expiration=args.expiration, fsync=args.durability == "fsync",
         final_dir=args.final_dir.resolve() if args.final_dir else None,
         namespace_key=args.namespace_key,

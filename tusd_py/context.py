@@ -17,6 +17,7 @@ from storage import (
     InvalidTransition,
     Lease,
     LockTimeout,
+    ObjectOutputs,
     UploadInfo,
     UploadNotFound,
     UploadState,
@@ -63,6 +64,11 @@ class TusContext:
         return not self.settings.auth_enabled or info.owner == current_subject()
 
     async def read_output(self, relative: str) -> bytes | None:
+        data = self.backend.data
+        if isinstance(data, ObjectOutputs):
+            # The object store holds every instance's outputs; the local copy only the
+            # processing instance's.
+            return await data.read_output(relative)
         return await anyio.to_thread.run_sync(self.final.read_output, relative)
 
     async def discard_outputs(self, info: UploadInfo) -> None:
@@ -70,6 +76,8 @@ class TusContext:
         if info.result and info.result.get("file"):
             namespace = info.result["file"]["path"].split("/", 1)[0]
             await anyio.to_thread.run_sync(self.final.remove, namespace, info.id)
+            if isinstance(self.backend.data, ObjectOutputs):
+                await self.backend.data.delete_outputs(f"{namespace}/{info.id}")
 
     @property
     def extensions(self) -> list[str]:

@@ -149,6 +149,12 @@ class _Writer:
         with anyio.CancelScope(shield=True):
             try:
                 await backend.data.sync(self.info.id)
+            except StorageUnavailable as exc:  # an object store that cannot be reached
+                logs.event("upload.sync_failed", self.info.id, level=logging.ERROR,
+                           error=str(exc), uncommitted=self.written - committed)
+                self.failure = exc
+                self.stop()
+                return
             except OSError as exc:
                 # The kernel may already have dropped the dirty pages: a second fsync
                 # could succeed without them, so nothing written since `committed` counts.

@@ -882,6 +882,26 @@ class S3DataStore:
         finally:
             body.close()
 
+    async def delete_outputs(self, relative_dir: str) -> int:
+        prefix = self.options.finals + relative_dir.strip("/") + "/"
+        if ".." in prefix.split("/"):
+            return 0
+        keys: list[str] = []
+        token: dict[str, str] = {}
+        while True:
+            async def page(c: S3Client, token: dict[str, str] = token) -> Any:
+                return await c.list_objects_v2(Bucket=self.bucket, Prefix=prefix,
+                                               **token)  # type: ignore[arg-type]
+
+            resp = await self.conn.call(page)
+            keys += [obj["Key"] for obj in resp.get("Contents", [])]
+            if not resp.get("IsTruncated"):
+                break
+            token = {"ContinuationToken": resp["NextContinuationToken"]}
+        for key in keys:
+            await self._delete_key(key)  # one by one: no DeleteObjects (Content-MD5 quirks)
+        return len(keys)
+
     def close(self) -> None:
         shutil.rmtree(self.spool.dir, ignore_errors=True)
 

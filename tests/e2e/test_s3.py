@@ -309,6 +309,14 @@ def test_pipeline_processes_a_tiff_stored_in_s3(
     assert not list(tmp_path.rglob("scan.tif.download")) and not [
         p for p in tmp_path.glob("instance*/final/**/scan.tif")]
     assert httpx.get(uploader.url).content == path.read_bytes()
+    # Every instance serves the thumbnails (they are objects), not only the one that made them.
+    for server in (a, b):
+        for thumb in doc["thumbnails"]:
+            got = httpx.get(server.origin + thumb["url"])
+            assert got.status_code == 200 and got.content[:3] == b"\xff\xd8\xff", server.port
+    # Termination removes the final objects too.
+    assert httpx.delete(uploader.url, headers=TUS).status_code == 204
+    assert anyio.run(final_objects) == {}
 
 
 @pytest.mark.parametrize("flags", [[]])
