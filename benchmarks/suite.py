@@ -12,6 +12,7 @@ and interleaved A B C ... / B C ... A per repetition so that noise on a shared m
   tpy-os       tusd-py serve, embedded storage, --durability os (page cache trusted, like peers)
   tpy-redis    tusd-py serve --redis-url (its own redis-server: --save '' --appendonly no)
   tpy-w2       tusd-py serve --workers 2 --redis-url
+  tpy-w2-emb   tusd-py serve --workers 2, embedded storage shared by both (flock locks; no Redis)
   tus-node     @tus/server + @tus/file-store (latest from npm, installed into a scratch dir)
 
 tusd-py targets run with --no-processing --no-dashboard: the peers do not hash, link or
@@ -764,6 +765,10 @@ def make_targets(names: list[str]) -> list[Target]:
                          ["--durability", "fsync", "--workers", "2"], redis=True),
         "tpy-w2-os": Target("tpy-w2-os", "tusd-py --workers 2 + Redis, os", "tpy",
                             ["--durability", "os", "--workers", "2"], redis=True),
+        "tpy-w2-emb": Target("tpy-w2-emb", "tusd-py --workers 2 (embedded), fsync", "tpy",
+                             ["--durability", "fsync", "--workers", "2"]),
+        "tpy-w2-emb-os": Target("tpy-w2-emb-os", "tusd-py --workers 2 (embedded), os", "tpy",
+                                ["--durability", "os", "--workers", "2"]),
         "tus-node": Target("tus-node", "@tus/server + file-store (no fsync)", "node"),
     }
     unknown = [n for n in names if n not in all_targets]
@@ -1020,7 +1025,7 @@ def main() -> None:
                     help="512 MiB single/chunks, 16 x 64 MiB parallel, 1,000 small, 256 MiB resume")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--targets", default="sink,tpy-fsync,tpy-os,tpy-redis,tpy-w2,tus-node",
-                    help="comma list (also: tpy-w2-os)")
+                    help="comma list (also: tpy-w2-os, tpy-w2-emb, tpy-w2-emb-os)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "tusd-py-bench")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")

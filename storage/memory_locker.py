@@ -32,8 +32,9 @@ class MemoryLocker:
     def __init__(self) -> None:
         self._holders: dict[str, _Holder] = {}
         # Epochs must keep growing across restarts: records keep the highest epoch that
-        # committed, and a lower one is fenced. Nanoseconds since the epoch only grow.
-        self._epochs = itertools.count(time.time_ns())
+        # committed, and a lower one is fenced. Microseconds since 1970 only grow, in the same
+        # unit as FileLocker's epochs (switching to --workers N must not fence uploads).
+        self._epochs = itertools.count(time.time_ns() // 1000)
 
     async def leader(self, name: str, ttl: float) -> bool:
         return True  # one process: it is always the leader

@@ -21,6 +21,12 @@ async def sweep_once(ctx: TusContext) -> int:
         try:
             async with backend.locker.hold(info.id, on_release_requested=lambda: None,
                                            timeout=1.0):
+                # Read again under the lock: a PATCH that ran since the listing moved
+                # Upload-Expires on (or finished the upload) and keeps its bytes.
+                current = await backend.state.get(info.id)
+                if (current.state is not UploadState.UPLOADING or current.expires_at is None
+                        or current.expires_at > time.time()):
+                    continue
                 await backend.data.delete(info.id)
                 await backend.state.transition(
                     info.id, UploadState.EXPIRED, expect=frozenset({UploadState.UPLOADING}))
