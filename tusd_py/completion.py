@@ -8,6 +8,7 @@ never touched by a failure.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -138,3 +139,6 @@ async def run_worker(backend: Backend, processor: Processor, settings: Settings,
         except Exception:
             logging.getLogger(logs.LOGGER_NAME).exception(
                 "processing.crashed", extra={"fields": {"upload_id": job.upload_id}})
+            # Hand the job back (and any claim on it) rather than hold it until restart.
+            with contextlib.suppress(Exception):
+                await backend.queue.retry(job, settings.processing_backoff)
