@@ -18,6 +18,8 @@ from . import logs, metrics
 _CALLER_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Label values are bounded: random methods from a fuzzer must not grow the metrics forever.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Probes and scrapes arrive every few seconds: their lines are debug-level.
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class ObserveMiddleware:
@@ -59,7 +61,8 @@ class ObserveMiddleware:
         finally:
             metrics.connections_open.dec()
             logs.event("request.done", self._upload_id(scope["path"]),
-                       level=logging.WARNING if status >= 500 or not status else logging.INFO,
+                       level=logging.WARNING if status >= 500 or not status
+                       else logging.DEBUG if scope["path"] in _QUIET_PATHS else logging.INFO,
                        method=method, path=scope["path"][:200], status=status,
                        ms=round((time.monotonic() - started) * 1000, 1))
             logs.request_id.reset(token)
