@@ -9,7 +9,7 @@ COPY pyproject.toml README.md ./
 COPY tusd_py ./tusd_py
 COPY storage ./storage
 COPY thumbnailer ./thumbnailer
-RUN apt-get update && apt-get install -y --no-install-recommends libdeflate0 \
+RUN apt-get update && apt-get install -y --no-install-recommends libdeflate0 libturbojpeg0 \
  && rm -rf /var/lib/apt/lists/* \
  && pip install --no-cache-dir . \
  && useradd --system --uid 10001 --home-dir /data tusd \

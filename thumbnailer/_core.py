@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 from PIL import Image
 
-from ._reduce import Accumulator, normalise, resize, shrink, split_reduce, to_output_mode
+from ._reduce import Accumulator, normalise, resize, shrink, to_output_mode
 from ._tiff import TiffDecoder, TiffError, choose_level, describe, levels, run_tasks
 from ._tiffio import TiffFormatError, read_structure
 
@@ -27,6 +27,9 @@ DEFAULT_SIZES = (256, 1024)
 DEFAULT_MAX_PIXELS = 1_000_000_000
 # Formats other than TIFF are decoded whole (JPEG after DCT scaling): cap the decoded size.
 FULL_DECODE_MAX_PIXELS = 64_000_000
+# JPEG files up to this size are read whole and decoded by TurboJPEG (when loadable) at any
+# M/8 scale; larger ones are streamed through Pillow's decoder.
+TURBO_MAX_FILE_BYTES = 32 << 20
 OVERLAP_MAX_PIXELS = 4_000_000  # accumulator size up to which thumbnail sizes overlap
 FORMATS = ("tiff", "jpeg", "png", "webp", "gif", "bmp")
 EXTENSIONS = {"jpeg": "jpg", "webp": "webp"}
@@ -138,10 +141,11 @@ def make_thumbnails(
                 raise ImageError(f"{p}: no such file")
             raise ImageError(f"{p}: not a supported image (unknown format)")
         if kind == "tiff":
-            meta, acc_img, box, icc = _tiff(p, sizes, max_pixels, workers)
+            meta, acc_img, box, icc, soft = _tiff(p, sizes, max_pixels, workers)
         else:
-            meta, acc_img, box, icc = _pillow(p, kind, sizes, max_pixels)
-        meta["thumbnails"] = _write(p, out_dir, acc_img, box, icc, meta, sizes, fmt, workers)
+            meta, acc_img, box, icc, soft = _pillow(p, kind, sizes, max_pixels)
+        meta["thumbnails"] = _write(p, out_dir, acc_img, box, icc, meta, sizes, fmt, workers,
+                                    soft)
     except ImageError:
         raise
     except (TiffError, TiffFormatError) as e:
@@ -173,7 +177,9 @@ def _base_meta(fmt: str, w: int, h: int, mode: str, bits: int) -> dict[str, Any]
             "pages": 1, "levels": 1, "dpi": None, "orientation": 1, "icc": False}
 
 
-Result = tuple[dict[str, Any], Image.Image, tuple[float, float, float, float], bytes | None]
+# (metadata, accumulator image, its box in source pixels / k, ICC profile, DCT-scaled)
+Result = tuple[dict[str, Any], Image.Image, tuple[float, float, float, float], bytes | None,
+               bool]
 
 
 def _tiff(p: Path, sizes: list[int], max_pixels: int, workers: int) -> Result:
@@ -203,20 +209,34 @@ def _tiff(p: Path, sizes: list[int], max_pixels: int, workers: int) -> Result:
         tw, th = target_size(W, H, sizes[-1])
         level = choose_level(lvls, tw, th)
         dec = TiffDecoder(st, level.ifd, fd)
-        k = shrink_factor(dec.width, dec.height, tw, th)
-        s = dec.jpeg_scale(k)
-        if s > 1:
-            k -= k % s
-        path = "pyramid" if level is not lvls[0] else ("jpeg-draft" if s > 1 else "banded")
-        kk = k // max(s, 1)
-        acc = Accumulator(-(-dec.width // max(s, 1)), -(-dec.height // max(s, 1)), kk)
-        reduction = round(W / (dec.width / k), 3)
+        m = dec.turbo_scale(tw, th)
+        s = 0
+        if m:
+            # TurboJPEG decodes at m/8: the level is then sw x sh pixels, reduced by k
+            sw, sh = dec.width * m / 8, dec.height * m / 8
+            kk = k = shrink_factor(sw, sh, tw, th)
+            acc = Accumulator(-(-dec.width * m // 8), -(-dec.height * m // 8), k)
+            scale = f"{m}/8"
+        else:
+            # Pillow's draft(): DCT scale s in 1, 2, 4, 8 within the integer shrink k
+            sw, sh = dec.width, dec.height
+            k = shrink_factor(dec.width, dec.height, tw, th)
+            s = dec.jpeg_scale(k)
+            if s > 1:
+                k -= k % s
+            kk = k // max(s, 1)
+            acc = Accumulator(-(-dec.width // max(s, 1)), -(-dec.height // max(s, 1)), kk)
+            scale = f"1/{max(s, 1)}"
+        soft = 0 < m < 8
+        path = "pyramid" if level is not lvls[0] else (
+            "jpeg-draft" if soft or s > 1 else "banded")
+        reduction = round(W / (sw / k), 3)
         _event("thumbnail.plan", file=str(p), path=path, level=lvls.index(level),
                level_source=level.source, level_width=dec.width, level_height=dec.height,
-               compression=dec.compression, tiled=dec.tiled, shrink=k, dct_scale=max(s, 1),
-               reduction=reduction, workers=workers)
+               compression=dec.compression, tiled=dec.tiled, shrink=kk, dct_scale=scale,
+               decoder="turbojpeg" if m else "pillow", reduction=reduction, workers=workers)
         t1 = time.monotonic()
-        bands = run_tasks(dec.tasks(k, s), acc, workers)
+        bands = run_tasks(dec.tasks(k, 0, m) if m else dec.tasks(k, s), acc, workers)
         img = acc.finish()
         _event("thumbnail.decoded", file=str(p), bands=bands, acc_width=img.width,
                acc_height=img.height, seconds=round(time.monotonic() - t1, 3),
@@ -224,9 +244,9 @@ def _tiff(p: Path, sizes: list[int], max_pixels: int, workers: int) -> Result:
     finally:
         os.close(fd)
     meta["path"], meta["reduction"] = path, reduction
-    box = (0.0, 0.0, dec.width / k, dec.height / k)
+    box = (0.0, 0.0, sw / k, sh / k)
     _ = t0
-    return meta, img, box, icc
+    return meta, img, box, icc, soft
 
 
 def _pillow(p: Path, kind: str, sizes: list[int], max_pixels: int) -> Result:
@@ -252,28 +272,89 @@ def _pillow(p: Path, kind: str, sizes: list[int], max_pixels: int) -> Result:
                pages=meta["pages"])
         tw, th = target_size(W, H, sizes[-1])
         path = "full"
-        if fmt == "jpeg" and im.mode in ("RGB", "L", "CMYK"):
-            im.draft(im.mode, (2 * tw, 2 * th))
-            if im.size != (W, H):
-                path = "jpeg-draft"
-        dw, dh = im.size
-        if dw * dh > FULL_DECODE_MAX_PIXELS:
-            raise ImageError(f"{p}: {fmt} image is {W}x{H}; whole-image decoding is limited to "
-                             f"{FULL_DECODE_MAX_PIXELS / 1e6:.0f} Mpx for this format")
         t1 = time.monotonic()
-        im.load()
-        img = normalise(im)
-        k = shrink_factor(dw, dh, max(1, round(tw * dw / W)), max(1, round(th * dh / H)))
-        acc = Accumulator(dw, dh, k)
-        acc.add(split_reduce(img, 0, 0, k))
-        out = acc.finish()
-        reduction = round(W / (dw / k), 3)
+        turbo = None
+        if fmt == "jpeg" and im.mode in ("RGB", "L"):
+            turbo = _turbo_jpeg(p, W, H, tw, th)
+        if turbo is not None:
+            img, sw, sh, m = turbo
+            dw, dh = img.size
+            soft = m < 8
+            path = "jpeg-draft" if soft else "full"
+        else:
+            soft = False
+            if fmt == "jpeg" and im.mode in ("RGB", "L", "CMYK"):
+                im.draft(im.mode, (2 * tw, 2 * th))
+                if im.size != (W, H):
+                    path = "jpeg-draft"
+            dw, dh = im.size
+            sw, sh = dw, dh
+            _check_decode(p, fmt, W, H, dw, dh)
+            im.load()
+            img = normalise(im)
+        k = shrink_factor(sw, sh, tw, th)
+        # a copy when that is the opened image itself, which closes below
+        out = img.reduce(k) if k > 1 else img.copy() if img is im else img
+        reduction = round(W / (sw / k), 3)
         _event("thumbnail.plan", file=str(p), path=path, decoded_width=dw, decoded_height=dh,
-               shrink=k, reduction=reduction)
+               decoder="turbojpeg" if turbo else "pillow", shrink=k, reduction=reduction)
         _event("thumbnail.decoded", file=str(p), seconds=round(time.monotonic() - t1, 3),
                peak_rss_mb=peak_rss_mb())
     meta["path"], meta["reduction"] = path, reduction
-    return meta, out, (0.0, 0.0, dw / k, dh / k), icc if isinstance(icc, bytes) else None
+    return (meta, out, (0.0, 0.0, sw / k, sh / k), icc if isinstance(icc, bytes) else None,
+            soft)
+
+
+def _check_decode(p: Path, fmt: str, W: int, H: int, dw: int, dh: int) -> None:
+    if dw * dh > FULL_DECODE_MAX_PIXELS:
+        raise ImageError(f"{p}: {fmt} image is {W}x{H}; whole-image decoding is limited to "
+                         f"{FULL_DECODE_MAX_PIXELS / 1e6:.0f} Mpx for this format")
+
+
+def _turbo_jpeg(p: Path, W: int, H: int, tw: int,
+                th: int) -> tuple[Image.Image, float, float, int] | None:
+    """A JPEG file decoded by TurboJPEG at the smallest M/8 covering tw x th: (image, its size
+    in exact scaled source pixels, M); None when TurboJPEG is not loadable or the file is
+    too big to read whole (Pillow's decoder streams it)."""
+    from . import _turbojpeg as tj  # lazy: loads ctypes and the library
+
+    if not tj.available():
+        return None
+    with open(p, "rb") as f:
+        if os.fstat(f.fileno()).st_size > TURBO_MAX_FILE_BYTES:
+            return None
+        data = f.read()
+    with tj.Decompressor() as dec:
+        try:
+            jw, jh, _sub, cs = dec.header(data)
+        except tj.JpegError as e:
+            raise ImageError(f"{p}: corrupt JPEG ({e})") from e
+        if (jw, jh) != (W, H) or cs not in (tj.CS_YCBCR, tj.CS_RGB, tj.CS_GRAY):
+            return None  # let Pillow decide
+        m = next((m for m in tj.scales()
+                  if m == 8 or (tj.scaled(W, m) >= tw and tj.scaled(H, m) >= th)), 8)
+        if not tj.picks(W, H, m):
+            m = 8
+        dw, dh = tj.scaled(W, m), tj.scaled(H, m)
+        _check_decode(p, "jpeg", W, H, dw, dh)
+        gray = cs == tj.CS_GRAY
+        mode = "L" if gray else "RGB"
+        bpp = 1 if gray else 3
+        buf = bytearray(dw * dh * bpp)
+        import ctypes
+
+        cbuf = (ctypes.c_char * len(buf)).from_buffer(buf)
+        try:
+            dec.decode(data, ctypes.addressof(cbuf), dw, dw * bpp, dh,
+                       tj.PF_GRAY if gray else tj.PF_RGB)
+        except tj.JpegError as e:
+            raise ImageError(f"{p}: corrupt or truncated JPEG ({e})") from e
+        finally:
+            del cbuf
+    del data
+    img = Image.new(mode, (dw, dh), None)
+    img.frombytes(buf, "raw", mode)
+    return img, W * m / 8, H * m / 8, m
 
 
 def _bits(im: Image.Image, p: Path) -> int:
@@ -310,7 +391,8 @@ def _create_temp(directory: Path, prefix: str, suffix: str) -> tuple[Path, Binar
 
 def _write(p: Path, out_dir: str | os.PathLike[str], acc: Image.Image,
            box: tuple[float, float, float, float], icc: bytes | None, meta: dict[str, Any],
-           sizes: list[int], fmt: str, workers: int = 1) -> list[dict[str, Any]]:
+           sizes: list[int], fmt: str, workers: int = 1,
+           soft: bool = False) -> list[dict[str, Any]]:
     t0 = time.monotonic()
     img, converted = to_output_mode(acc, icc)
     keep_icc = icc if icc and not converted and acc.mode != "CMYK" else None
@@ -332,7 +414,7 @@ def _write(p: Path, out_dir: str | os.PathLike[str], acc: Image.Image,
         if k not in reduced:
             reduced[k] = img.reduce(k) if k > 1 else img
         b = (0.0, 0.0, box[2] / k, box[3] / k)
-        return resize(reduced[k], (tw, th), b, threads)
+        return resize(reduced[k], (tw, th), b, threads, soft and k == 1)
 
     def derive(n: int, done: dict[int, Image.Image]) -> Image.Image:
         """Size n from the smallest finished larger thumbnail at least twice its size (much
