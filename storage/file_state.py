@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import threading
-import time
 import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.to_thread
 
-from .base import (
-    Fenced,
-    InvalidTransition,
-    OffsetMismatch,
-    StorageError,
-    UploadInfo,
-    UploadNotFound,
-    UploadState,
-)
+from . import records
+from .base import StorageError, UploadInfo, UploadNotFound, UploadState
 from .fsync import fsync_path
 from .ids import is_valid_upload_id
 
@@ -34,31 +24,7 @@ CACHE_SIZE = 10_000
 STRIPES = 256  # record locks of a shared store: flocked files <dir>/.locks/00 .. ff
 
 
-def info_to_json(info: UploadInfo) -> dict[str, Any]:
-    return {
-        "id": info.id, "size": info.size, "offset": info.offset,
-        "metadata": dict(info.metadata), "state": info.state.value, "epoch": info.epoch,
-        "created_at": info.created_at, "updated_at": info.updated_at,
-        "expires_at": info.expires_at, "partial": info.partial, "parts": list(info.parts),
-        "completed_at": info.completed_at, "attempts": info.attempts,
-        "started_at": info.started_at, "finished_at": info.finished_at,
-        "error": info.error, "result": info.result, "owner": info.owner,
-    }
-
-
-def info_from_json(raw: dict[str, Any]) -> UploadInfo:
-    return UploadInfo(
-        id=raw["id"], size=raw["size"], offset=raw["offset"], metadata=raw["metadata"],
-        state=UploadState(raw["state"]), epoch=raw["epoch"], created_at=raw["created_at"],
-        updated_at=raw["updated_at"], expires_at=raw["expires_at"], partial=raw["partial"],
-        parts=tuple(raw["parts"]), completed_at=raw.get("completed_at"),
-        attempts=raw["attempts"], started_at=raw.get("started_at"),
-        finished_at=raw.get("finished_at"), error=raw["error"], result=raw["result"],
-        owner=raw.get("owner"),
-    )
-
-
-class FileStateStore:
+class FileStateStore(records.DocumentRecords):
     """The embedded state store.
 
     Every change is written to a temp file, fsynced and renamed over the old one,
@@ -126,7 +92,7 @@ class FileStateStore:
             def _locked() -> UploadInfo:
                 with stripes.hold(upload_id):
                     info = change(_load(path, upload_id))
-                    _atomic_write(path, _dump(info), fsync)
+                    _atomic_write(path, records.dump(info), fsync)
                     return info
 
             return await anyio.to_thread.run_sync(_locked, limiter=self._limiter)
@@ -137,7 +103,7 @@ class FileStateStore:
 
     async def _write(self, info: UploadInfo, *, new: bool = False) -> None:
         path = self._path(info.id)
-        payload = _dump(info)
+        payload = records.dump(info)
         self._cache.pop(info.id, None)  # a failed write must not leave a phantom record
         await anyio.to_thread.run_sync(_atomic_write, path, payload, self.fsync, new,
                                        limiter=self._limiter)
@@ -149,7 +115,7 @@ class FileStateStore:
 
             def _create() -> None:
                 with stripes.hold(info.id):
-                    _atomic_write(path, _dump(info), fsync, True)
+                    _atomic_write(path, records.dump(info), fsync, True)
 
             try:
                 await anyio.to_thread.run_sync(_create, limiter=self._limiter)
@@ -164,60 +130,6 @@ class FileStateStore:
 
     async def get(self, upload_id: str) -> UploadInfo:
         return await self._read(upload_id)
-
-    async def commit(
-        self, upload_id: str, *, epoch: int, expected: int, new: int,
-        expires_at: float | None = None,
-    ) -> UploadInfo:
-        def change(info: UploadInfo) -> UploadInfo:
-            if epoch < info.epoch:
-                raise Fenced(f"epoch {epoch} < {info.epoch}")
-            if info.state is not UploadState.UPLOADING:
-                raise InvalidTransition(f"upload is {info.state}")
-            if info.offset != expected:
-                raise OffsetMismatch(info.offset)
-            if info.size is not None and new > info.size:
-                raise StorageError(f"offset {new} past size {info.size}")
-            now = time.time()
-            done = info.size is not None and new == info.size
-            return info.evolve(
-                offset=new, epoch=epoch, updated_at=now,
-                expires_at=None if done else (expires_at or info.expires_at),
-                state=UploadState.COMPLETED if done else UploadState.UPLOADING,
-                completed_at=now if done else None,
-            )
-
-        return await self._update(upload_id, change)
-
-    async def declare_length(self, upload_id: str, *, epoch: int, size: int) -> UploadInfo:
-        def change(info: UploadInfo) -> UploadInfo:
-            if epoch < info.epoch:
-                raise Fenced(f"epoch {epoch} < {info.epoch}")
-            if info.size is not None and info.size != size:
-                raise InvalidTransition("length already declared")
-            if size < info.offset:
-                raise InvalidTransition("length below offset")
-            done = info.state is UploadState.UPLOADING and info.offset == size
-            now = time.time()
-            return info.evolve(
-                size=size, epoch=epoch, updated_at=now,
-                state=UploadState.COMPLETED if done else info.state,
-                expires_at=None if done else info.expires_at,
-                completed_at=now if done else info.completed_at,
-            )
-
-        return await self._update(upload_id, change)
-
-    async def transition(
-        self, upload_id: str, to: UploadState, *, expect: frozenset[UploadState],
-        **fields: Any,
-    ) -> UploadInfo:
-        def change(info: UploadInfo) -> UploadInfo:
-            if info.state not in expect:
-                raise InvalidTransition(f"{info.state} -> {to}")
-            return info.evolve(state=to, updated_at=time.time(), **fields)
-
-        return await self._update(upload_id, change)
 
     async def scan(self, states: frozenset[UploadState] | None = None) -> list[UploadInfo]:
         if self.shared:
@@ -236,19 +148,6 @@ class FileStateStore:
                 out.append(info)
         return out
 
-    async def expired(self, now: float) -> list[UploadInfo]:
-        return [
-            info for info in await self.scan(frozenset({UploadState.UPLOADING}))
-            if info.expires_at is not None and info.expires_at <= now
-        ]
-
-    async def purge_tombstones(self, before: float) -> int:
-        gone = frozenset({UploadState.TERMINATED, UploadState.EXPIRED})
-        old = [i for i in await self.scan(gone) if i.updated_at < before]
-        for info in old:
-            await self.purge(info.id)
-        return len(old)
-
     async def purge(self, upload_id: str) -> None:
         path = self._path(upload_id)
         if self._stripes is not None:
@@ -265,17 +164,12 @@ class FileStateStore:
             await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
 
 
-def _dump(info: UploadInfo) -> bytes:
-    return json.dumps(info_to_json(info), separators=(",", ":")).encode()
-
-
 def _load(path: Path, upload_id: str) -> UploadInfo:
     try:
-        return info_from_json(json.loads(path.read_bytes()))
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise UploadNotFound(upload_id) from None
-    except (ValueError, KeyError) as exc:
-        raise StorageError(f"corrupt state file {path}: {exc}") from exc
+    return records.parse(raw, f"state file {path}")
 
 
 def _load_all(directory: Path) -> list[UploadInfo]:

@@ -8,44 +8,18 @@ records are `.info` objects beside the data, for a single instance.
 from __future__ import annotations
 
 import dataclasses
-import logging
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
 
-import anyio
-
-from ..base import Backend, Locker, StateStore
+from ..base import Backend
 from ..memory_locker import MemoryLocker
 from ..outbox_queue import OutboxQueue
 from .client import MiB, S3Connection, S3Options, ensure_bucket
 from .data import S3DataStore
+from .orphans import ORPHAN_GRACE, ORPHAN_INTERVAL, orphan_sweeper
 from .state import S3StateStore
 
 __all__ = ["MiB", "S3Connection", "S3DataStore", "S3Options", "S3StateStore",
            "ensure_bucket", "orphan_sweeper", "s3_backend"]
-
-log = logging.getLogger(__name__)
-
-ORPHAN_INTERVAL = 3600.0
-ORPHAN_GRACE = 6 * 3600.0  # far longer than any gap between a part and the next sync
-
-
-def orphan_sweeper(data: S3DataStore, state: StateStore, locker: Locker, *,
-                   interval: float = ORPHAN_INTERVAL,
-                   grace: float = ORPHAN_GRACE) -> Callable[[], Coroutine[Any, Any, None]]:
-    """A service: one elected instance at a time aborts orphaned multipart uploads."""
-
-    async def run() -> None:
-        while True:
-            await anyio.sleep(interval)
-            try:
-                if await locker.leader("s3-orphans", ttl=interval * 3):
-                    await data.sweep_orphans(state, older_than=grace)
-            except Exception:
-                log.exception("s3: orphan sweep failed")
-
-    return run
 
 
 def s3_backend(options: S3Options, upload_dir: Path, *, redis_url: str | None = None,

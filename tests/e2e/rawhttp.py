@@ -91,11 +91,11 @@ def head_offset(url: str, timeout: float = 10.0) -> int:
     return int(r.headers["Upload-Offset"])
 
 
-def download_sha256(url: str) -> tuple[str, int]:
+def download_sha256(url: str, timeout: float = 60) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
-    with httpx.stream("GET", url, timeout=60) as r:
-        assert r.status_code == 200, r.status_code
+    with httpx.stream("GET", url, timeout=timeout) as r:
+        assert r.status_code == 200, f"GET {url} -> {r.status_code}: {r.read()[:500]!r}"
         for c in r.iter_bytes(MiB):
             h.update(c)
             size += len(c)

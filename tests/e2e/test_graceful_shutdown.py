@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -36,8 +36,8 @@ from tests.e2e.rawhttp import (
     upload_id,
     wait_state,
 )
+from tests.e2e.support import Start, on
 
-Start = Callable[..., ServerProcess]
 SHUTDOWN_TIMEOUT = 5.0
 EXIT_BOUND = SHUTDOWN_TIMEOUT + 10.0  # liveness bound for the exit, not a performance claim
 
@@ -151,10 +151,6 @@ def stored_size(upload_dir: Path, uid: str) -> int:
     files = [p for p in upload_dir.rglob(uid) if p.is_file()]
     assert len(files) == 1, files
     return files[0].stat().st_size
-
-
-def on(server: ServerProcess, url: str) -> str:
-    return f"{server.url}{upload_id(url)}"
 
 
 # ----------------------------------------------------- 1. SIGTERM mid-PATCH, one process

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -21,46 +20,13 @@ from tests.e2e.rawhttp import (
     patch,
     wait_state,
 )
+from tests.e2e.support import RssSampler
 
 if TYPE_CHECKING:
     from tests.conftest import ServerProcess
 
 GiB = 1024 * MiB
 MAX_GROWTH = 64 * MiB
-
-
-class RssSampler:
-    """Samples the server's RSS every 50 ms in a background thread."""
-
-    def __init__(self, server: ServerProcess, interval: float = 0.05) -> None:
-        self.server = server
-        self.interval = interval
-        self.samples: list[int] = []
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self.samples.append(self.server.rss_bytes())
-                self._stop.wait(self.interval)
-        except BaseException as e:  # re-raised by stop() in the test thread
-            self.error = e
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        if self.error is not None:
-            raise self.error
-
-    @property
-    def peak(self) -> int:
-        return max(self.samples)
 
 
 @pytest.mark.slow

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -37,10 +35,9 @@ from tests.e2e.rawhttp import (
     upload_id,
     wait_state,
 )
-from tests.e2e.test_memory import RssSampler
+from tests.e2e.support import RssSampler, Start, assert_processed_once, assert_stored, on
 from tests.s3_support import S3Server
 
-Start = Callable[..., ServerProcess]
 PART = 2 * MiB  # the server under test enforces a 1 MiB minimum part
 
 
@@ -52,28 +49,6 @@ def cluster(start_server: Start, s3: S3Server, redis_url: str, tmp_path: Path, n
                          "--s3-part-size", str(PART), *flags,
                          upload_dir=tmp_path / f"instance{i}")
             for i in range(n)]
-
-
-def on(server: ServerProcess, url: str) -> str:
-    return f"{server.url}{upload_id(url)}"
-
-
-def assert_stored(servers: list[ServerProcess], url: str, data: Pattern) -> None:
-    for s in servers:
-        sha, size = download_sha256(on(s, url))
-        assert size == data.size, (s.port, size, data.size)
-        assert sha == data.sha256(), f"stored bytes differ (downloaded via :{s.port})"
-
-
-def events(servers: list[ServerProcess], name: str, uid: str) -> list[str]:
-    pattern = re.compile(rf"\s{re.escape(name)}\s.*\bupload_id={uid}\b")
-    return [line for s in servers for line in s.log().splitlines() if pattern.search(line)]
-
-
-def assert_processed_once(servers: list[ServerProcess], url: str) -> None:
-    uid = upload_id(url)
-    assert len(events(servers, "processing.started", uid)) == 1
-    assert len(events(servers, "processing.done", uid)) == 1
 
 
 def finish(url: str, data: Pattern, offset: int) -> None:

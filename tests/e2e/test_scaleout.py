@@ -9,12 +9,10 @@ exactly-once completion.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -38,9 +36,7 @@ from tests.e2e.rawhttp import (
     upload_id,
     wait_state,
 )
-
-Start = Callable[..., ServerProcess]
-
+from tests.e2e.support import Start, assert_processed_once, assert_stored, events, on
 
 # --------------------------------------------------------------------------- helpers
 
@@ -50,33 +46,6 @@ def cluster(start_server: Start, redis_url: str, shared: Path, n: int,
     """n instances sharing one Redis and one upload dir."""
     return [start_server("--redis-url", redis_url, *flags, upload_dir=shared)
             for _ in range(n)]
-
-
-def on(server: ServerProcess, url: str) -> str:
-    """The same upload, addressed through another instance."""
-    return f"{server.url}{upload_id(url)}"
-
-
-def events(servers: list[ServerProcess], name: str, uid: str) -> list[str]:
-    """Log lines of event `name` for upload `uid`, across every instance's log."""
-    pattern = re.compile(rf"\s{re.escape(name)}\s.*\bupload_id={uid}\b")
-    return [line for s in servers for line in s.log().splitlines() if pattern.search(line)]
-
-
-def assert_processed_once(servers: list[ServerProcess], url: str) -> None:
-    uid = upload_id(url)
-    started = events(servers, "processing.started", uid)
-    done = events(servers, "processing.done", uid)
-    assert len(started) == 1, f"processing.started {len(started)}x for {uid}: {started}"
-    assert len(done) == 1, f"processing.done {len(done)}x for {uid}: {done}"
-
-
-def assert_stored(servers: list[ServerProcess], url: str, data: Pattern) -> None:
-    """The finished bytes, downloaded through every instance, are exactly `data`."""
-    for s in servers:
-        sha, size = download_sha256(on(s, url))
-        assert size == data.size, (s.port, size, data.size)
-        assert sha == data.sha256(), f"stored bytes differ (downloaded via :{s.port})"
 
 
 def finish(url: str, data: Pattern, offset: int) -> None:

@@ -14,7 +14,6 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Callable
 
 import httpx
 
@@ -33,9 +32,7 @@ from tests.e2e.rawhttp import (
     resume_and_check,
     upload_id,
 )
-
-Start = Callable[..., ServerProcess]
-
+from tests.e2e.support import Start
 
 # --------------------------------------------------------------------------- helpers
 

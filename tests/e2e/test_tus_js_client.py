@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from tests.e2e.rawhttp import download_sha256, upload_id
+
 if TYPE_CHECKING:
     from tests.conftest import RedisServer, ServerProcess
 
@@ -198,21 +200,6 @@ def assert_success(server: ServerProcess, res: dict[str, Any]) -> str:
     return url
 
 
-def upload_id(url: str) -> str:
-    return url.rstrip("/").rsplit("/", 1)[-1]
-
-
-def download_sha256(url: str, timeout: float = 120) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    total = 0
-    with httpx.stream("GET", url, timeout=timeout) as resp:
-        assert resp.status_code == 200, f"GET {url} -> {resp.status_code}: {resp.read()[:500]!r}"
-        for block in resp.iter_bytes(MiB):
-            digest.update(block)
-            total += len(block)
-    return digest.hexdigest(), total
-
-
 def api_upload(server: ServerProcess, url: str) -> dict[str, Any]:
     resp = httpx.get(f"{server.origin}/api/uploads/{upload_id(url)}", timeout=30)
     assert resp.status_code == 200, f"/api/uploads -> {resp.status_code}: {resp.text[:500]}"
@@ -225,7 +212,7 @@ def api_upload(server: ServerProcess, url: str) -> dict[str, Any]:
 
 def assert_stored(server: ServerProcess, url: str, sha: str, size: int) -> dict[str, Any]:
     """The server serves exactly the source bytes and reports the upload as complete."""
-    got_sha, got_size = download_sha256(url)
+    got_sha, got_size = download_sha256(url, timeout=120)
     assert got_size == size, f"downloaded {got_size} bytes, expected {size}"
     assert got_sha == sha, "downloaded content differs from the uploaded file"
     info = api_upload(server, url)

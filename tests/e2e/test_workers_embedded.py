@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -38,9 +37,7 @@ from tests.e2e.rawhttp import (
     upload_id,
     wait_state,
 )
-
-Start = Callable[..., ServerProcess]
-
+from tests.e2e.support import Start, assert_processed_once, assert_stored, events
 
 # --------------------------------------------------------------------------- helpers
 
@@ -142,25 +139,6 @@ def head_on(server: ServerProcess, url: str, pid: int, pids: list[int]) -> Respo
         conn.close()
 
 
-def events(server: ServerProcess, name: str, uid: str) -> list[str]:
-    pattern = re.compile(rf"\s{re.escape(name)}\s.*\bupload_id={uid}\b")
-    return [line for line in server.log().splitlines() if pattern.search(line)]
-
-
-def assert_processed_once(server: ServerProcess, url: str) -> None:
-    uid = upload_id(url)
-    started = events(server, "processing.started", uid)
-    done = events(server, "processing.done", uid)
-    assert len(started) == 1, f"processing.started {len(started)}x for {uid}: {started}"
-    assert len(done) == 1, f"processing.done {len(done)}x for {uid}: {done}"
-
-
-def assert_stored(url: str, data: Pattern) -> None:
-    sha, size = download_sha256(url)
-    assert size == data.size, (size, data.size)
-    assert sha == data.sha256(), "stored bytes differ"
-
-
 @pytest.fixture
 def workers2(start_server: Start) -> Callable[..., tuple[ServerProcess, list[int]]]:
     def _start(*flags: str) -> tuple[ServerProcess, list[int]]:
@@ -195,9 +173,9 @@ def test_patches_alternating_between_workers(
     assert info["offset"] == info["size"] == data.size
     assert info["metadata"] == {"filename": "robin.bin"}
     assert info["file"]["sha256"] == data.sha256()
-    assert_stored(url, data)
+    assert_stored([server], url, data)
     time.sleep(1.5)  # a duplicate delivery would show up by now
-    assert_processed_once(server, url)
+    assert_processed_once([server], url)
 
 
 # ------------------------------------------------------------------ 2. racing writers
@@ -260,7 +238,7 @@ def test_racing_patches_on_two_workers_one_winner(
             f"interleaved content (statuses {statuses}, offset {offset})")
     wait_state(server, url, {"processed"}, timeout=20)
     time.sleep(1.0)
-    assert_processed_once(server, url)
+    assert_processed_once([server], url)
 
 
 # ----------------------------------------------------- 3. HEAD behind a half-open PATCH
@@ -299,10 +277,10 @@ def test_head_on_other_worker_takes_over_half_open_patch(
 
     r2 = patch_on(server, url, pids[1], pids, offset, data, data.size)
     assert r2.status == 204, (r2.status, r2.body)
-    assert_stored(url, data)
+    assert_stored([server], url, data)
     wait_state(server, url, {"processed"}, timeout=20)
     time.sleep(1.0)
-    assert_processed_once(server, url)
+    assert_processed_once([server], url)
 
 
 # ------------------------------------------------------------- 4. kill -9 of a worker
@@ -337,11 +315,11 @@ def test_worker_killed_mid_patch_is_replaced_and_upload_resumes(
     r2 = patch_on(server, url, replacement, new_pids, offset, data, data.size)
     assert r2.status == 204, (r2.status, r2.body)
     assert int(r2.headers["upload-offset"]) == data.size
-    assert_stored(url, data)
+    assert_stored([server], url, data)
     info = wait_state(server, url, {"processed"}, timeout=20)
     assert info["file"]["sha256"] == data.sha256()
     time.sleep(1.5)
-    assert_processed_once(server, url)
+    assert_processed_once([server], url)
 
 
 # ------------------------------------------------------- 5. exactly-once completion
@@ -375,14 +353,14 @@ def test_completion_exactly_once_with_two_workers(
         assert info["file"]["sha256"] == data.sha256(), info
     time.sleep(2.0)
     for url, _ in uploads:
-        assert_processed_once(server, url)
+        assert_processed_once([server], url)
 
     # A worker that starts again recovers pending jobs: nothing is processed twice.
     os.kill(pids[0], signal.SIGKILL)
     worker_pids(server, started=3)
     time.sleep(2.5)  # BUSY retry and recovery both done by now
     for url, _ in uploads:
-        assert_processed_once(server, url)
+        assert_processed_once([server], url)
 
 
 # ------------------------------------------------------------------ 6. one sweeper
@@ -406,7 +384,7 @@ def test_expiry_sweeper_elected_once(
             time.sleep(0.2)
     time.sleep(1.5)  # the other worker would have swept by now too
     for url in urls:
-        expired = events(server, "upload.expired", upload_id(url))
+        expired = events([server], "upload.expired", upload_id(url))
         assert len(expired) == 1, expired
     # One worker holds the sweeper's leadership lock for its lifetime.
     leader = server.upload_dir / "locks" / ".leader-sweeper"
