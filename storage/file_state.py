@@ -17,7 +17,7 @@ import anyio.to_thread
 
 from . import records
 from .base import StorageError, UploadInfo, UploadNotFound, UploadState
-from .fsync import fsync_path
+from .fsync import DirectorySync, fsync_path
 from .ids import is_valid_upload_id
 
 CACHE_SIZE = 10_000
@@ -44,10 +44,12 @@ class FileStateStore(records.DocumentRecords):
         self.shared = shared
         self.dir.mkdir(parents=True, exist_ok=True)
         self._stripes = _Stripes(self.dir / ".locks") if shared else None
+        self._dir_sync = DirectorySync(self.dir)  # concurrent creations share its fsyncs
         # Weak values: a lock lives only while some task holds or waits for it.
         self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = (
             weakref.WeakValueDictionary())
-        self._limiter = anyio.CapacityLimiter(4)
+        # Enough threads that concurrent creations can meet in one directory fsync.
+        self._limiter = anyio.CapacityLimiter(8)
         # The process owns the directory, so recently written records can be served from
         # memory: saves a thread hop and a JSON parse on every commit and HEAD.
         self._cache: OrderedDict[str, UploadInfo] = OrderedDict()
@@ -106,16 +108,17 @@ class FileStateStore(records.DocumentRecords):
         payload = records.dump(info)
         self._cache.pop(info.id, None)  # a failed write must not leave a phantom record
         await anyio.to_thread.run_sync(_atomic_write, path, payload, self.fsync, new,
-                                       limiter=self._limiter)
+                                       self._dir_sync, limiter=self._limiter)
         self._remember(info)
 
     async def create(self, info: UploadInfo) -> None:
         if self._stripes is not None:
             path, stripes, fsync = self._path(info.id), self._stripes, self.fsync
+            sync_dir = self._dir_sync
 
             def _create() -> None:
                 with stripes.hold(info.id):
-                    _atomic_write(path, records.dump(info), fsync, True)
+                    _atomic_write(path, records.dump(info), fsync, True, sync_dir)
 
             try:
                 await anyio.to_thread.run_sync(_create, limiter=self._limiter)
@@ -221,7 +224,8 @@ class _Stripes:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _atomic_write(path: Path, payload: bytes, fsync: bool = True, new: bool = False) -> None:
+def _atomic_write(path: Path, payload: bytes, fsync: bool = True, new: bool = False,
+                  sync_dir: Callable[[], None] | None = None) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o640)
     try:
@@ -242,4 +246,4 @@ def _atomic_write(path: Path, payload: bytes, fsync: bool = True, new: bool = Fa
         # A new record exists only once the directory is synced. An update needs no such
         # sync: if a power cut loses the rename, the old record comes back, whose offset is
         # behind the bytes on disk, never ahead; the client re-sends the difference.
-        fsync_path(path.parent)
+        (sync_dir or (lambda: fsync_path(path.parent)))()
