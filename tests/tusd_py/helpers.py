@@ -6,6 +6,8 @@ import base64
 import email.utils
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -224,3 +226,10 @@ def raw_request(
     with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as sock:
         sock.sendall(data)
         return read_response(sock, head_only=method == "HEAD")
+
+
+def serve_refusing(upload_dir: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """Run `tusd-py serve` with flags it must refuse at startup (it exits at once)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tusd_py", "serve", "--upload-dir", str(upload_dir),
+         "--port", "0", *flags], capture_output=True, text=True, timeout=30)

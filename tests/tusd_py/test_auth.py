@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.conftest import ServerProcess
 
-from .helpers import OFFSET_CT, TUS, assert_error_body, b64
+from .helpers import OFFSET_CT, TUS, assert_error_body, b64, serve_refusing
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 
@@ -219,11 +219,6 @@ def test_auth_hook_decides_and_fails_closed(start_server: Callable[..., ServerPr
 
 
 def test_bad_auth_hook_refuses_to_start(tmp_path: Path) -> None:
-    import subprocess
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "tusd_py", "serve", "--upload-dir", str(tmp_path),
-         "--auth-hook", "no_such_module_xyz:f", "--port", "0"],
-        capture_output=True, text=True, timeout=30)
+    proc = serve_refusing(tmp_path, "--auth-hook", "no_such_module_xyz:f")
     assert proc.returncode == 2
     assert "no_such_module_xyz" in proc.stderr

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +16,7 @@ import pytest
 
 from tests.conftest import ServerProcess, free_port
 
-from .helpers import OFFSET_CT, TUS, assert_error_body, b64, files_under
+from .helpers import OFFSET_CT, TUS, assert_error_body, b64, files_under, serve_refusing
 
 Answer = tuple[int, dict[str, Any]]
 
@@ -254,9 +252,7 @@ def test_only_enabled_events_are_sent(start_server: Callable[..., ServerProcess]
 
 
 def test_unknown_hook_event_refuses_to_start(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tusd_py", "serve", "--upload-dir", str(tmp_path),
-         "--hooks-http", "http://127.0.0.1:9/", "--hooks-enabled-events", "pre-create,bogus"],
-        capture_output=True, text=True, timeout=30)
+    proc = serve_refusing(tmp_path, "--hooks-http", "http://127.0.0.1:9/",
+                          "--hooks-enabled-events", "pre-create,bogus")
     assert proc.returncode == 2
     assert "unknown hook events: bogus" in proc.stderr
