@@ -71,6 +71,7 @@ class _Writer:
     lease: Lease
     stop: Callable[[], None]  # ends the receiving side (the release scope)
     checkpoints: bool  # False while a checksum still has to be verified
+    on_commit: Callable[[UploadInfo], None] | None = None  # progress (post-receive hooks)
     written: int = 0
     fenced: bool = False  # a newer lock holder exists: write and commit nothing more
     failure: StorageUnavailable | None = None
@@ -185,6 +186,8 @@ class _Writer:
                 self._io_failed(exc, "commit")
                 return
         self.last_checkpoint = time.monotonic()
+        if self.on_commit is not None:
+            self.on_commit(self.info)
         elapsed = max(time.monotonic() - self.started, 1e-6)
         logs.event("upload.checkpoint", self.info.id, offset=target,
                    mb_per_s=round((self.written - self.start) / elapsed / 1e6, 1))
@@ -227,6 +230,7 @@ async def pump_body(
     *,
     limit: int,
     checksum: tuple[str, bytes] | None = None,
+    on_commit: Callable[[UploadInfo], None] | None = None,
 ) -> PumpResult:
     """Store the body at info.offset; never more than `limit` bytes.
 
@@ -235,7 +239,8 @@ async def pump_body(
     """
     settings = ctx.settings
     hasher: Hasher | None = new_hasher(checksum[0]) if checksum else None
-    writer = _Writer(ctx, info, lease, release.cancel, checkpoints=hasher is None)
+    writer = _Writer(ctx, info, lease, release.cancel, checkpoints=hasher is None,
+                     on_commit=on_commit)
     outcome = Outcome.DONE
     received = 0
     try:

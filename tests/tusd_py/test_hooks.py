@@ -256,3 +256,29 @@ def test_unknown_hook_event_refuses_to_start(tmp_path: Path) -> None:
                           "--hooks-enabled-events", "pre-create,bogus")
     assert proc.returncode == 2
     assert "unknown hook events: bogus" in proc.stderr
+
+
+def test_post_receive_reports_progress_during_one_patch(
+        start_server: Callable[..., ServerProcess], receiver: HookReceiver) -> None:
+    srv = hooked(start_server, receiver.url, events="post-receive")
+
+    chunk = (1 << 20) + 1  # over the 1 MiB write buffer: each one is written at once
+    total = 4 * chunk
+
+    def slow_body() -> Iterator[bytes]:
+        for _ in range(4):
+            yield b"p" * chunk
+            time.sleep(1.2)  # past the 2 s checkpoint interval mid-body
+
+    with httpx.Client(timeout=20) as client:
+        url = location(srv, post(client, srv, total))
+        r = client.patch(url, headers={**TUS, "Content-Type": OFFSET_CT, "Upload-Offset": "0"},
+                         content=slow_body())
+        assert r.status_code == 204
+    deadline = time.monotonic() + 10
+    while [c["Event"]["Upload"]["Offset"] for c in receiver.calls][-1:] != [total]:
+        assert time.monotonic() < deadline, receiver.calls
+        time.sleep(0.05)
+    offsets = [c["Event"]["Upload"]["Offset"] for c in receiver.calls]
+    assert offsets == sorted(offsets) and 0 < offsets[0] < total, offsets
+    assert all(c["Event"]["HTTPRequest"]["Method"] == "PATCH" for c in receiver.calls)

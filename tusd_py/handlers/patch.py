@@ -58,14 +58,17 @@ async def receive_body(
         await ctx.backend.data.truncate(info.id, info.offset)  # a crash may have left a tail
     logs.event("upload.patch", info.id, level=logging.DEBUG, offset=info.offset,
                content_length=length)
+    hooks = ctx.hooks
+    # tusd sends post-receive while data arrives: here at every checkpoint (2 s / 32 MiB)
+    # and when the body ends.
+    progress = ((lambda committed: hooks.tell("post-receive", committed, request))
+                if hooks is not None and hooks.on("post-receive") else None)
     result = await pump_body(ctx, request.stream(), info, lease, release,
-                             limit=limit, checksum=checksum)
+                             limit=limit, checksum=checksum, on_commit=progress)
     if result.outcome is not Outcome.DONE:
         logs.event("upload.interrupted", info.id, level=30, reason=result.outcome.value,
                    offset=result.info.offset, received=result.received)
     metrics.bytes_received.inc(max(result.info.offset - info.offset, 0))
-    if ctx.hooks is not None and result.info.offset != info.offset:
-        ctx.hooks.tell("post-receive", result.info, request)
     if not info.state.finished and result.info.state is UploadState.COMPLETED:
         await pre_finish(ctx, request, result.info)
         await ctx.completed(result.info)
