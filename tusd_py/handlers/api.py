@@ -76,7 +76,9 @@ async def thumbnail(request: Request) -> Response:
     if body is None:
         raise TusError(404, "ERR_THUMBNAIL_NOT_FOUND", "thumbnail file is missing")
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    headers = {"ETag": etag, "Cache-Control": "public, max-age=3600"}
+    # With owners, a shared cache (a CDN) must not hand one owner's thumbnail to another.
+    scope = "private" if ctx.settings.auth_enabled else "public"
+    headers = {"ETag": etag, "Cache-Control": f"{scope}, max-age=3600"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     media = _THUMB_TYPES.get(name.rsplit(".", 1)[-1].lower(), "application/octet-stream")
