@@ -9,7 +9,7 @@ after processing (it carries the result under "TusdPy").
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +99,10 @@ class HookAnswer(TusError):
     @property
     def body(self) -> str:
         return self.raw_body
+
+
+def hook_failed(why: str) -> TusError:
+    return TusError(502, "ERR_HOOK_FAILED", why, {"Retry-After": "5"})
 
 
 class HookUnavailable(Exception):
@@ -201,6 +205,23 @@ class Hooks:
             return HookResponse()
         body = tusd_event(hook_type, info, request=HookRequest.of(request))
         return await self.hook.send(hook_type, body, info.id or None)
+
+    async def gate(self, hook_type: str, info: UploadInfo, request: Request, *,
+                   refused: Callable[[HookResponse], bool], default_body: str) -> HookResponse:
+        """A blocking hook that decides whether the request goes on.
+
+        It fails closed: a hook that cannot be asked answers 502 and nothing happens; a
+        refusal is sent as the hook wrote it (tusd's HTTPResponse).
+        """
+        try:
+            answer = await self.ask(hook_type, info, request)
+        except HookUnavailable as exc:
+            raise hook_failed(str(exc)) from None
+        if refused(answer):
+            logs.event("request.refused_by_hook", info.id or None, type=hook_type,
+                       status=answer.status or 400)
+            raise HookAnswer(answer.status or 400, answer.body or default_body, answer.headers)
+        return answer
 
     def tell(self, hook_type: str, info: UploadInfo, request: Request | None = None) -> None:
         """A non-blocking hook: queued, sent in the background, retried."""

@@ -17,7 +17,7 @@ from ..auth import current_subject
 from ..concat import known_total, load_partials, part_ids, try_finish_final
 from ..context import TusContext, get_context, require_tus_resumable
 from ..errors import TusError
-from ..hooks import HookAnswer, HookResponse, HookUnavailable
+from ..hooks import HookResponse, hook_failed
 from ..limits import client_key
 from ..protocol import (
     OFFSET_OCTET_STREAM,
@@ -221,31 +221,23 @@ async def _pre_create(
     """tusd's pre-create hook: it may refuse the upload, or choose its id and metadata."""
     if ctx.hooks is None or not ctx.hooks.on("pre-create"):
         return info, HookResponse()
-    try:
-        answer = await ctx.hooks.ask("pre-create", info.evolve(id=""), request)
-    except HookUnavailable as exc:
-        # Fail closed: a hook that cannot be asked must not let everything through.
-        raise TusError(502, "ERR_HOOK_FAILED", str(exc), {"Retry-After": "5"}) from None
-    if answer.reject_upload:
-        logs.event("upload.rejected_by_hook", None, status=answer.status or 400)
-        raise HookAnswer(answer.status or 400,
-                         answer.body or "ERR_UPLOAD_REJECTED: upload rejected by the server\n",
-                         answer.headers)
+    answer = await ctx.hooks.gate(
+        "pre-create", info.evolve(id=""), request,
+        refused=lambda answer: answer.reject_upload,
+        default_body="ERR_UPLOAD_REJECTED: upload rejected by the server\n")
     if answer.change_metadata is not None:
         info = info.evolve(metadata={
             key: base64.b64encode(value.encode()).decode()
             for key, value in answer.change_metadata.items()})
     if answer.change_id is not None:
         if not is_valid_upload_id(answer.change_id):
-            raise TusError(502, "ERR_HOOK_FAILED",
-                           "pre-create hook chose an upload id outside [A-Za-z0-9_-]{1,128}")
+            raise hook_failed("pre-create hook chose an upload id outside [A-Za-z0-9_-]{1,128}")
         try:
             await ctx.backend.state.get(answer.change_id)
         except UploadNotFound:
             info = info.evolve(id=answer.change_id)
         else:
-            raise TusError(502, "ERR_HOOK_FAILED",
-                           f"pre-create hook chose upload id {answer.change_id}, which exists")
+            raise hook_failed(f"pre-create hook chose upload id {answer.change_id}, which exists")
     return info, answer
 
 
