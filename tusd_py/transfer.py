@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.requests import ClientDisconnect
 
 from storage import Fenced, Lease, StorageUnavailable, UploadInfo
@@ -221,6 +221,17 @@ class _Writer:
         self.written = self.info.offset
 
 
+async def _hand_over(send: MemoryObjectSendStream[list[bytes]], batch: list[bytes]) -> None:
+    """Give one batch to the writer, exactly once.
+
+    Shielded: anyio's send() can be cancelled (a release request) after the writer has
+    already taken the item, and a batch re-sent after that would be written a second
+    time at a later offset. The wait is bounded by one write of the batch before it.
+    """
+    with anyio.CancelScope(shield=True):
+        await send.send(batch)
+
+
 async def pump_body(
     ctx: TusContext,
     stream: AsyncIterator[bytes],
@@ -271,8 +282,8 @@ async def pump_body(
                             pending_len += len(chunk)
                             if pending_len >= settings.write_buffer_bytes:
                                 idle.deadline = math.inf
-                                await send.send(pending)
-                                pending, pending_len = [], 0
+                                batch, pending, pending_len = pending, [], 0
+                                await _hand_over(send, batch)
                             if outcome is Outcome.TOO_LARGE:
                                 break
                     if release.cancelled_caught:
@@ -282,7 +293,7 @@ async def pump_body(
                 except ClientDisconnect:
                     outcome = Outcome.DISCONNECTED
                 if pending and (hasher is None or outcome is Outcome.DONE):
-                    await send.send(pending)
+                    await _hand_over(send, pending)
     finally:
         # Shielded: the bytes that arrived must be saved even while we are being cancelled.
         with anyio.CancelScope(shield=True), anyio.move_on_after(FINAL_SAVE_SECONDS):
