@@ -20,6 +20,7 @@ from PIL import Image
 from ._reduce import Accumulator, normalise, resize, shrink, to_output_mode
 from ._tiff import TiffDecoder, TiffError, choose_level, describe, levels, run_tasks
 from ._tiffio import TiffFormatError, read_structure
+from .sniff import sniff
 
 log = logging.getLogger("thumbnailer")
 
@@ -42,34 +43,6 @@ TRANSPOSE = {
 
 class ImageError(Exception):
     """Bad input: not an image, truncated, corrupt, over a limit. The message names the file."""
-
-
-def sniff(path: str | os.PathLike[str]) -> str | None:
-    """The image format from the file's magic bytes, or None."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(32)
-    except OSError:
-        return None
-    return sniff_bytes(head)
-
-
-def sniff_bytes(head: bytes) -> str | None:
-    if head[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
-        return "tiff"
-    if head[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if head[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if head[:2] == b"BM" and len(head) >= 18:
-        (dib,) = struct.unpack("<I", head[14:18])
-        if dib in (12, 16, 40, 52, 56, 64, 108, 124):
-            return "bmp"
-    return None
 
 
 def peak_rss_mb() -> float:

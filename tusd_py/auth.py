@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import jwt
 from starlette.requests import Request
 
 # The authenticated subject of the request being handled (None: auth is off).
@@ -84,6 +83,9 @@ class JwtAuth:
         self, key: str, algorithms: Sequence[str], *, audience: str | None = None,
         issuer: str | None = None, leeway: float = 30.0,
     ) -> None:
+        import jwt  # with cryptography ~10 MiB per process: only when JWTs are configured
+
+        self._jwt = jwt
         self._key = key
         self._algorithms = list(algorithms)
         self._audience = audience
@@ -93,12 +95,12 @@ class JwtAuth:
     async def authenticate(self, request: Request) -> Principal:
         token = bearer_token(request)
         try:
-            claims: dict[str, Any] = jwt.decode(
+            claims: dict[str, Any] = self._jwt.decode(
                 token, self._key, algorithms=self._algorithms, audience=self._audience,
                 issuer=self._issuer, leeway=self._leeway,
                 options={"require": ["exp", "sub"]},
             )
-        except jwt.PyJWTError as exc:
+        except self._jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from None
         return Principal(str(claims["sub"]), claims)
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import httpx
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.requests import Request
 
@@ -142,6 +141,9 @@ class HttpHook:
 
     def __init__(self, url: str, *, retries: int = RETRIES, backoff: float = BACKOFF,
                  timeout: float = TIMEOUT) -> None:
+        import httpx  # it pulls in click and pygments: only in processes that send hooks
+
+        self._httpx = httpx
         self.url = url
         self.retries = max(retries, 1)
         self.backoff = backoff
@@ -151,6 +153,7 @@ class HttpHook:
                    upload_id: str | None) -> HookResponse:
         """Deliver one event; HookUnavailable after the last failed attempt."""
         metrics.hook_requests.labels(hook_type).inc()
+        httpx = self._httpx
         delay = self.backoff
         error = ""
         async with httpx.AsyncClient(timeout=self.timeout) as client:

@@ -32,7 +32,7 @@ from storage import (
     UploadInfo,
     sanitize_component,
 )
-from thumbnailer import sniff
+from thumbnailer.sniff import sniff
 
 from . import logs
 from .protocol import metadata_text
