@@ -33,6 +33,7 @@ from storage import (
 from . import ietf, logs, metrics, shutdown
 from .access import AuthMiddleware
 from .auth import build_authenticator
+from .buffers import WriteBuffers
 from .completion import start_processing
 from .context import TusContext
 from .cors import CORSMiddleware, OriginPolicy
@@ -206,7 +207,9 @@ def create_app(
     final = FinalFiles(settings.final_root)
     hooks = _hooks(settings)
     ctx = TusContext(settings, backend, final, hooks=hooks,
-                     slots=UploadSlots(settings.max_concurrent_uploads))
+                     slots=UploadSlots(settings.max_concurrent_uploads),
+                     buffers=WriteBuffers(settings.write_buffer_bytes,
+                                          settings.write_buffer_total))
     processor = processor or FinalizeProcessor(settings, final)
     authenticator = build_authenticator(
         token=settings.auth_token, jwt_secret=settings.jwt_secret,

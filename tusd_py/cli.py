@@ -132,6 +132,10 @@ def _add_access_flags(parser: argparse.ArgumentParser) -> None:
         default=_env("max-concurrent-uploads", _DEFAULTS.max_concurrent_uploads, int),
         help="body transfers at once per owner (or client IP without auth); "
              "more are answered 429 (0 = no limit)")
+    add("--buffer-memory", type=int,
+        default=_env("buffer-memory", _DEFAULTS.write_buffer_total >> 20, int),
+        help="MiB of write buffers shared by all body transfers of a process; each "
+             "transfer's buffer (at most 1 MiB) shrinks as more run at once")
     add("--shutdown-timeout", type=float,
         default=_env("shutdown-timeout", _DEFAULTS.shutdown_timeout, float),
         help="on SIGTERM, seconds in-flight requests get to save their bytes and answer")
@@ -240,6 +244,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "jwt_issuer": args.jwt_issuer or None, "auth_hook": args.auth_hook or None,
             "max_concurrent_uploads": args.max_concurrent_uploads,
             "shutdown_timeout": args.shutdown_timeout,
+            "write_buffer_total": max(args.buffer_memory, 1) << 20,
         } if serving else {}),
     )
 

@@ -26,6 +26,7 @@ from storage import (
 
 from . import logs, metrics
 from .auth import current_subject
+from .buffers import WriteBuffers
 from .concat import finish_waiting_finals
 from .errors import TusError
 from .hooks import Hooks
@@ -44,6 +45,7 @@ class TusContext:
     final: FinalFiles
     hooks: Hooks | None = None
     slots: UploadSlots = field(default_factory=lambda: UploadSlots(0))
+    buffers: WriteBuffers = field(default_factory=WriteBuffers)
     # Release scopes of the requests holding an upload lock: cancelled on shutdown.
     _holding: set[anyio.CancelScope] = field(default_factory=set)
     _draining: list[bool] = field(default_factory=lambda: [False])

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .buffers import BUDGET_BYTES, BUFFER_BYTES
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -35,7 +37,9 @@ class Settings:
     lock_timeout: float = 20.0  # how long a request waits for an upload's lock before 423
     checkpoint_bytes: int = 32 << 20  # fsync + commit at least this often during a PATCH
     checkpoint_seconds: float = 2.0
-    write_buffer_bytes: int = 1 << 20  # body chunks are coalesced to this before pwritev
+    write_buffer_bytes: int = BUFFER_BYTES  # body chunks are coalesced to this before pwritev
+    # All transfers' write buffers together (they shrink as more uploads run at once).
+    write_buffer_total: int = BUDGET_BYTES
     sweep_interval: float = 60.0
     tombstone_seconds: float = 7 * 24 * 3600.0  # how long terminated/expired ids answer 410
     final_dir: Path | None = None  # default <upload_dir>/final

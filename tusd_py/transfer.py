@@ -8,7 +8,8 @@ file in one PATCH by default, so without checkpoints a drop at 9.9 GB of
 Receiving, writing and flushing overlap: the request task fills a buffer while a
 writer task writes the previous one, and a checkpoint's fsync + commit runs beside
 the writes that follow it (it commits only the offset it fsynced). The channel
-between them holds one buffer, so memory per upload stays under three write buffers.
+between them holds one buffer, so memory per upload stays under three write buffers,
+which shrink as more transfers run at once (tusd_py/buffers.py).
 """
 
 from __future__ import annotations
@@ -254,6 +255,7 @@ async def pump_body(
                      on_commit=on_commit)
     outcome = Outcome.DONE
     received = 0
+    buffers = ctx.buffers
     try:
         send, receive = anyio.create_memory_object_stream[list[bytes]](1)
         async with anyio.create_task_group() as tg:
@@ -280,7 +282,7 @@ async def pump_body(
                                 hasher.update(chunk)
                             pending.append(chunk)
                             pending_len += len(chunk)
-                            if pending_len >= settings.write_buffer_bytes:
+                            if pending_len >= buffers.size:
                                 idle.deadline = math.inf
                                 batch, pending, pending_len = pending, [], 0
                                 await _hand_over(send, batch)

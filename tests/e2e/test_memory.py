@@ -75,3 +75,38 @@ def test_one_gib_patch_has_bounded_rss(server: ServerProcess) -> None:
 
     server.stop()  # free the 1 GiB now rather than when pytest prunes old tmp dirs
     shutil.rmtree(server.upload_dir, ignore_errors=True)
+
+
+PARALLEL = 16
+PARALLEL_SIZE = 32 * MiB
+# Measured: +69 MiB when each transfer kept its own three 1 MiB buffers; +28-32 MiB with
+# the shared budget (--buffer-memory 8: buffers, receive buffers of 16 connections, the
+# processing of 16 uploads finishing at once).
+MAX_PARALLEL_GROWTH = 44 * MiB
+
+
+@pytest.mark.slow
+def test_sixteen_parallel_patches_share_one_buffer_budget(server: ServerProcess) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    warm = Pattern(4 * MiB, seed="warm-parallel")
+    warm_url = create_upload(server, warm.size)
+    assert patch(warm_url, 0, warm.chunks(), warm.size).status == 204
+    uploads = [Pattern(PARALLEL_SIZE, seed=f"parallel-{i}") for i in range(PARALLEL)]
+    urls = [create_upload(server, p.size) for p in uploads]
+    time.sleep(0.3)
+    baseline = min(server.rss_bytes() for _ in range(3))
+
+    def send(i: int) -> int:
+        return patch(urls[i], 0, uploads[i].chunks(), PARALLEL_SIZE).status
+
+    with RssSampler(server) as rss, ThreadPoolExecutor(PARALLEL) as pool:
+        statuses = list(pool.map(send, range(PARALLEL)))
+
+    assert statuses == [204] * PARALLEL
+    growth = rss.peak - baseline
+    print(f"RSS baseline {baseline / MiB:.1f} MiB, peak {rss.peak / MiB:.1f} MiB")
+    assert growth < MAX_PARALLEL_GROWTH, (
+        f"RSS grew by {growth / MiB:.1f} MiB during {PARALLEL} parallel PATCHes")
+    for url, data in zip(urls, uploads, strict=True):
+        assert download_sha256(url) == (data.sha256(), data.size)

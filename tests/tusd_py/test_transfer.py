@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from storage import FileDataStore, UploadInfo, embedded_backend
+from tusd_py.buffers import WriteBuffers
 from tusd_py.context import TusContext
 from tusd_py.settings import Settings
 from tusd_py.transfer import Outcome, pump_body
@@ -53,11 +54,11 @@ async def test_a_release_while_a_batch_is_handed_over_never_writes_it_twice(
     first, the writer runs before the sender wakes up). The pump once kept such a batch
     and sent it again, so it was written twice and every later byte shifted: the stored
     upload differed from what the client sent although its length was right."""
-    settings = Settings(upload_dir=tmp_path, write_buffer_bytes=4,
-                        checkpoint_bytes=1 << 30, checkpoint_seconds=1e9)
+    settings = Settings(upload_dir=tmp_path, checkpoint_bytes=1 << 30, checkpoint_seconds=1e9)
     data = GatedData(tmp_path)
     backend = dataclasses.replace(embedded_backend(tmp_path, fsync=False), data=data)
-    ctx = TusContext(settings, backend, final=None)  # type: ignore[arg-type]
+    ctx = TusContext(settings, backend, final=None,  # type: ignore[arg-type]
+                     buffers=WriteBuffers(per_transfer=4))
     info = UploadInfo(id="race", size=64)
     await backend.state.create(info)
     await data.create(info.id)

@@ -63,8 +63,9 @@ async def receive_body(
     # and when the body ends.
     progress = ((lambda committed: hooks.tell("post-receive", committed, request))
                 if hooks is not None and hooks.on("post-receive") else None)
-    result = await pump_body(ctx, request.stream(), info, lease, release,
-                             limit=limit, checksum=checksum, on_commit=progress)
+    with ctx.buffers.transfer():
+        result = await pump_body(ctx, request.stream(), info, lease, release,
+                                 limit=limit, checksum=checksum, on_commit=progress)
     if result.outcome is not Outcome.DONE:
         logs.event("upload.interrupted", info.id, level=30, reason=result.outcome.value,
                    offset=result.info.offset, received=result.received)

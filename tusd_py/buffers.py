@@ -1,0 +1,40 @@
+"""One memory budget for the write buffers of every body transfer in a process.
+
+A transfer holds up to three write buffers (one filling, one waiting in the channel, one
+being written). At 1 MiB each, 16 parallel uploads would hold 48 MiB; the budget shrinks
+every transfer's buffer as more of them run, so a process stays near its idle size plus
+the budget however many uploads arrive at once. Smaller batches cost a few more pwritev
+calls, which matters little when the disk is shared by that many uploads anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+BUFFERS_PER_TRANSFER = 3
+BUFFER_BYTES = 1 << 20  # one transfer alone: pwritev batches of 1 MiB
+BUDGET_BYTES = 8 << 20
+MIN_BUFFER_BYTES = 64 << 10  # below this, per-batch overhead starts to dominate
+
+
+
+class WriteBuffers:
+    def __init__(self, per_transfer: int = BUFFER_BYTES, total: int = BUDGET_BYTES) -> None:
+        self.per_transfer = per_transfer
+        self.total = total
+        self.active = 0
+
+    @property
+    def size(self) -> int:
+        """The write buffer a transfer should use now (it may change between batches)."""
+        share = self.total // (BUFFERS_PER_TRANSFER * max(self.active, 1))
+        return min(self.per_transfer, max(share, MIN_BUFFER_BYTES))
+
+    @contextmanager
+    def transfer(self) -> Iterator[None]:
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
