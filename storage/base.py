@@ -112,7 +112,10 @@ class StorageUnavailable(StorageError):
 class DataStore(Protocol):
     """Bytes of uploads. Writes land at an offset; nothing is durable before sync()."""
 
-    async def create(self, upload_id: str) -> None: ...
+    async def create(self, upload_id: str, content: bytes = b"") -> None:
+        """Create the upload's (empty) bytes; with content, also write it at offset 0 and
+        make it durable, as write() + sync() would (a small upload stored in one step)."""
+        ...
 
     async def write(self, upload_id: str, offset: int, chunks: Sequence[bytes]) -> int:
         """Write chunks back to back starting at offset; return the bytes written."""

@@ -226,24 +226,40 @@ class _Stripes:
 
 def _atomic_write(path: Path, payload: bytes, fsync: bool = True, new: bool = False,
                   sync_dir: Callable[[], None] | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o640)
-    try:
-        os.write(fd, payload)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
     if new:
-        # link() refuses to replace: the existence check and the creation are one step.
+        # O_EXCL: the existence check and the creation are one step. Written in place, not
+        # through a temporary name: a temporary file costs ext4 a second inode allocation
+        # and a deletion per upload (measured: the largest kernel cost of small uploads).
+        # A crash mid-write can leave a torn record only for an upload whose creation was
+        # never acknowledged; it fails to parse and is skipped.
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o640)
         try:
-            os.link(tmp, path)
-        finally:
-            os.unlink(tmp)
+            _write_all(fd, payload)
+            if fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)  # a full disk leaves no record behind
+            raise
+        os.close(fd)
     else:
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o640)
+        try:
+            _write_all(fd, payload)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     if fsync and new:
         # A new record exists only once the directory is synced. An update needs no such
         # sync: if a power cut loses the rename, the old record comes back, whose offset is
         # behind the bytes on disk, never ahead; the client re-sends the difference.
         (sync_dir or (lambda: fsync_path(path.parent)))()
+
+
+def _write_all(fd: int, payload: bytes) -> None:
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view):]

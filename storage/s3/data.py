@@ -234,7 +234,7 @@ class S3DataStore:
 
     # ------------------------------------------------------------------ DataStore
 
-    async def create(self, upload_id: str) -> None:
+    async def create(self, upload_id: str, content: bytes = b"") -> None:
         async with self._lock(upload_id):
             up = UploadView(id=upload_id, seg=self.spool.segment(upload_id))
             self._uploads[upload_id] = up
@@ -243,6 +243,9 @@ class S3DataStore:
             except BaseException:
                 self._forget(up)
                 raise
+        if content:
+            await self.write(upload_id, 0, [content])
+            await self.sync(upload_id)
 
     async def write(self, upload_id: str, offset: int, chunks: Sequence[bytes]) -> int:
         async with self._lock(upload_id):

@@ -80,6 +80,19 @@ async def test_write_sync_commit_and_read_back(backend: Backend) -> None:
     assert await backend.data.size(info.id) == 11
 
 
+async def test_create_with_content_stores_a_whole_small_upload(backend: Backend) -> None:
+    body = bytes(range(256)) * 300  # 76,800 bytes: more than one S3 checkpoint tail
+    info = UploadInfo(id=new_upload_id(), size=len(body), offset=len(body),
+                      state=UploadState.COMPLETED, created_at=time.time())
+    await backend.data.create(info.id, body)
+    await backend.state.create(info)
+    assert await backend.data.size(info.id) == len(body)
+    await backend.data.finish(info.id, len(body))
+    assert await read_all(backend, info.id, 0, len(body)) == body
+    got = await backend.state.get(info.id)
+    assert got.offset == len(body) and got.state is UploadState.COMPLETED
+
+
 async def test_zero_length_upload_finishes_empty(backend: Backend) -> None:
     info = await make(backend, size=0)
     await commit(backend, info.id, 0, 0)

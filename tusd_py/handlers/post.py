@@ -199,11 +199,8 @@ async def _create_storage(ctx: TusContext, info: UploadInfo, body: bytes = b"") 
     created = False
     data = ctx.backend.data
     try:
-        await data.create(info.id)
+        await data.create(info.id, body)  # with the body: written and durable
         created = True
-        if body:
-            await data.write(info.id, 0, [body])
-            await data.sync(info.id)
         await ctx.backend.state.create(info)
     except OSError as exc:
         logs.event("upload.create_failed", info.id, level=40, error=str(exc))
