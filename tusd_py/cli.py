@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 
 from storage import Backend, embedded_backend
 
-from . import logs
+from . import logs, malloc
 from .settings import Settings
 
 _DEFAULTS = Settings()
@@ -307,6 +307,7 @@ def serve(settings: Settings) -> None:
     from .informational import PROTOCOL_PATH
 
     logs.configure(settings.log_level, settings.log_format)
+    malloc.tune()
     try:
         app = create_app(settings, build_backend(settings))  # also checks hooks and auth
     except (ValueError, ImportError, OSError) as exc:
@@ -351,6 +352,7 @@ def app_from_environment() -> Starlette:
 
     settings = Settings.from_json(os.environ[SETTINGS_ENV])
     logs.configure(settings.log_level, settings.log_format)
+    malloc.tune()
     return create_app(settings, build_backend(settings))
 
 
