@@ -14,6 +14,7 @@ which shrink as more transfers run at once (tusd_py/buffers.py).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import errno
 import hmac
@@ -222,6 +223,14 @@ class _Writer:
         self.written = self.info.offset
 
 
+def _loop_clock() -> Callable[[], float]:
+    """anyio.current_time without its per-call backend lookup (this runs per chunk)."""
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # not on asyncio
+        return anyio.current_time
+
+
 async def _hand_over(send: MemoryObjectSendStream[list[bytes]], batch: list[bytes]) -> None:
     """Give one batch to the writer, exactly once.
 
@@ -263,14 +272,22 @@ async def pump_body(
             async with send:
                 pending: list[bytes] = []
                 pending_len = 0
-                # One scope whose deadline moves with every chunk: cheaper than a new
+                # One scope whose deadline moves as chunks arrive: cheaper than a new
                 # timeout scope per chunk, and time spent waiting for the disk (send) does
-                # not count as network idleness.
+                # not count as network idleness. Moving it re-arms a timer, so it moves
+                # at most every `slack` seconds: the timeout fires between
+                # network_timeout - slack and network_timeout after the last chunk.
                 idle = anyio.CancelScope()
+                timeout = settings.network_timeout
+                slack = min(1.0, timeout / 10)
+                clock = _loop_clock()
+                armed_at = -math.inf
                 try:
                     with release, idle:
                         while True:
-                            idle.deadline = anyio.current_time() + settings.network_timeout
+                            now = clock()
+                            if now - armed_at >= slack:
+                                idle.deadline, armed_at = now + timeout, now
                             chunk = await anext(stream, b"")
                             if not chunk:
                                 break
@@ -283,7 +300,7 @@ async def pump_body(
                             pending.append(chunk)
                             pending_len += len(chunk)
                             if pending_len >= buffers.size:
-                                idle.deadline = math.inf
+                                idle.deadline, armed_at = math.inf, -math.inf
                                 batch, pending, pending_len = pending, [], 0
                                 await _hand_over(send, batch)
                             if outcome is Outcome.TOO_LARGE:
