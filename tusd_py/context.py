@@ -36,6 +36,8 @@ from .proxy import public_origin
 from .settings import Settings
 
 _TERMINABLE = frozenset(s for s in UploadState if not s.gone)
+# How long a transfer asked to let go of its upload may go on reading what is in flight.
+RELEASE_DRAIN_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -139,8 +141,15 @@ class TusContext:
         release = anyio.CancelScope()
         if self.draining:
             release.cancel()
+
+        def release_requested() -> None:
+            # A dropped connection's last bytes are still in the socket: read them, then
+            # let go (RELEASE_DRAIN_SECONDS at most, less once the body stalls).
+            release.deadline = min(release.deadline,
+                                   anyio.current_time() + RELEASE_DRAIN_SECONDS)
+
         try:
-            async with self.backend.locker.hold(upload_id, on_release_requested=release.cancel,
+            async with self.backend.locker.hold(upload_id, on_release_requested=release_requested,
                                                 timeout=self.settings.lock_timeout) as lease:
                 self._holding.add(release)
                 try:

@@ -110,6 +110,21 @@ def _h11_sender(cycle: Any) -> Sender:
     return send
 
 
+def _keeping_received_body(cycle: Any) -> Callable[[], Awaitable[Any]]:
+    """uvicorn's receive(), except that body bytes read before the connection was lost are
+    still handed over (uvicorn drops them): for a tus server they are the upload's bytes."""
+    original = cycle.receive
+
+    async def receive() -> Any:
+        if cycle.disconnected and cycle.body and not cycle.response_complete:
+            body = bytes(cycle.body)
+            cycle.body = type(cycle.body)()
+            return {"type": "http.request", "body": body, "more_body": True}
+        return await original()
+
+    return receive
+
+
 class InformationalH11Protocol(H11Protocol):
     """uvicorn's h11 protocol plus the `tusd_py.informational` extension."""
 
@@ -195,6 +210,8 @@ else:
             cycle = self.cycle
             if cycle is not None and cycle is not before:
                 _attach(cycle.scope, _httptools_sender(cycle))
+                # An instance attribute: run_asgi() looks receive up when the task starts.
+                setattr(cycle, "receive", _keeping_received_body(cycle))  # noqa: B010
 
     InformationalProtocol = InformationalHttpToolsProtocol
 

@@ -37,6 +37,8 @@ from .protocol import Hasher, new_hasher
 
 # Bound on the final save after an interruption (tusd: request-completion-timeout).
 FINAL_SAVE_SECONDS = 10.0
+# A transfer asked to release its upload stops once its body pauses this long.
+DRAIN_IDLE_SECONDS = 0.02
 # Writes may run this many checkpoint intervals ahead of a flush still in progress.
 MAX_UNCOMMITTED_CHECKPOINTS = 4
 
@@ -286,7 +288,11 @@ async def pump_body(
                     with release, idle:
                         while True:
                             now = clock()
-                            if now - armed_at >= slack:
+                            if release.deadline != math.inf:
+                                # Asked to let go: keep what is already on its way, but a
+                                # body that pauses is given up at once (DRAIN_IDLE_SECONDS).
+                                idle.deadline = now + DRAIN_IDLE_SECONDS
+                            elif now - armed_at >= slack:
                                 idle.deadline, armed_at = now + timeout, now
                             chunk = await anext(stream, b"")
                             if not chunk:
@@ -305,7 +311,8 @@ async def pump_body(
                                 await _hand_over(send, batch)
                             if outcome is Outcome.TOO_LARGE:
                                 break
-                    if release.cancelled_caught:
+                    if release.cancelled_caught or (
+                            idle.cancelled_caught and release.deadline != math.inf):
                         outcome = Outcome.RELEASED
                     elif idle.cancelled_caught:
                         outcome = Outcome.TIMED_OUT

@@ -98,3 +98,48 @@ async def test_a_release_while_a_batch_is_handed_over_never_writes_it_twice(
     assert result.info.offset == len(stored)
     assert stored == b"".join(sent)[: len(stored)], "stored bytes are not the body's prefix"
     assert result.info.offset >= 12  # batches 1-3 were received before the release
+
+
+async def test_a_transfer_asked_to_release_keeps_reading_what_is_in_flight(
+    tmp_path: Path,
+) -> None:
+    """A dropped connection's last bytes are still in the socket when the resuming client's
+    HEAD asks for the lock: they are read and stored before the lock is let go, so the
+    resume offset includes them. A body that then stalls is given up at once."""
+    settings = Settings(upload_dir=tmp_path, checkpoint_bytes=1 << 30, checkpoint_seconds=1e9,
+                        network_timeout=60)
+    backend = embedded_backend(tmp_path, fsync=False)
+    ctx = TusContext(settings, backend, final=None)  # type: ignore[arg-type]
+    info = UploadInfo(id="drain", size=1 << 20)
+    await backend.state.create(info)
+    await backend.data.create(info.id)
+    asked = anyio.Event()
+    sent: list[bytes] = []
+
+    async def stream() -> AsyncIterator[bytes]:
+        for i in range(10):  # arrives before the release request
+            sent.append(bytes([i]) * 1000)
+            yield sent[-1]
+        asked.set()
+        for i in range(10, 20):  # still in flight after it: must be kept
+            await anyio.sleep(0.001)
+            sent.append(bytes([i]) * 1000)
+            yield sent[-1]
+        await anyio.sleep_forever()  # then the body stalls
+
+    async def request_release() -> None:
+        await asked.wait()
+        async with ctx.hold(info.id):  # another request wants the upload (a HEAD)
+            pass
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(request_release)
+        async with ctx.hold(info.id) as (lease, release):
+            started = anyio.current_time()
+            result = await pump_body(ctx, stream(), info, lease, release, limit=1 << 20)
+            stopped = anyio.current_time() - started
+
+    assert result.outcome is Outcome.RELEASED
+    assert result.info.offset == 20_000, "bytes in flight at the release request were dropped"
+    assert (tmp_path / "uploads" / info.id).read_bytes() == b"".join(sent)
+    assert stopped < 1.0  # a stalled body does not hold the lock for long
