@@ -8,8 +8,10 @@ file in one PATCH by default, so without checkpoints a drop at 9.9 GB of
 Receiving, writing and flushing overlap: the request task fills a buffer while a
 writer task writes the previous one, and a checkpoint's fsync + commit runs beside
 the writes that follow it (it commits only the offset it fsynced). The channel
-between them holds one buffer, so memory per upload stays under three write buffers,
-which shrink as more transfers run at once (tusd_py/buffers.py).
+between them is a rendezvous: a buffer fills while the one before it is written, so a
+transfer holds two write buffers, which shrink as more transfers run at once
+(tusd_py/buffers.py). A third buffer queued in between measured no faster and cost a
+third more memory.
 """
 
 from __future__ import annotations
@@ -268,7 +270,7 @@ async def pump_body(
     received = 0
     buffers = ctx.buffers
     try:
-        send, receive = anyio.create_memory_object_stream[list[bytes]](1)
+        send, receive = anyio.create_memory_object_stream[list[bytes]](0)
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer.run, receive)
             async with send:

@@ -80,7 +80,7 @@ def test_one_gib_patch_has_bounded_rss(server: ServerProcess) -> None:
 PARALLEL = 16
 PARALLEL_SIZE = 32 * MiB
 # Measured: +69 MiB when each transfer kept its own three 1 MiB buffers; +28-32 MiB with
-# the shared budget (--buffer-memory 8: buffers, receive buffers of 16 connections, the
+# the shared budget (--buffer-memory: buffers, receive buffers of 16 connections, the
 # processing of 16 uploads finishing at once).
 MAX_PARALLEL_GROWTH = 44 * MiB
 
