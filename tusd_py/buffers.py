@@ -1,9 +1,9 @@
 """One memory budget for the write buffers of every body transfer in a process.
 
 A transfer holds up to two write buffers (one filling while the other is written). At
-1 MiB each, 16 parallel uploads would hold 32 MiB; the budget shrinks
-every transfer's buffer as more of them run, so a process stays near its idle size plus
-the budget however many uploads arrive at once. Smaller batches cost more pwritev calls
+1 MiB each, 16 parallel uploads would hold 32 MiB; the budget shrinks every transfer's
+buffer as more of them run, so a process stays near its idle size plus the budget however
+many uploads arrive at once. Smaller batches cost more pwritev calls
 and thread hops: with 16 uploads, 170 KiB batches (8 MiB) measured 15-25 % slower than
 1 MiB ones; 384 KiB (12 MiB) keeps most of the speed under a 64 MiB process.
 """
@@ -17,7 +17,6 @@ BUFFERS_PER_TRANSFER = 2
 BUFFER_BYTES = 1 << 20  # one transfer alone: pwritev batches of 1 MiB
 BUDGET_BYTES = 12 << 20
 MIN_BUFFER_BYTES = 64 << 10  # below this, per-batch overhead starts to dominate
-
 
 
 class WriteBuffers:
