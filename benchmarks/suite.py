@@ -1,7 +1,8 @@
 """tus server benchmark suite: tusd-py against @tus/server (and a sink) in one run.
 
-    .venv/bin/python benchmarks/suite.py            # full spec (2 GiB uploads, 3 repetitions)
-    .venv/bin/python benchmarks/suite.py --quick    # 512 MiB / 16 x 64 MiB / 1,000 small uploads
+    scripts/bench            # installs what is missing, then: full spec (2 GiB, 3 repetitions)
+    scripts/bench --quick    # 512 MiB / 16 x 64 MiB / 1,000 small uploads
+    (scripts/bench passes its arguments here: .venv/bin/python benchmarks/suite.py ...)
 
 Targets (each started fresh by PID, with a fresh upload dir, for every scenario x repetition,
 and interleaved A B C ... / B C ... A per repetition so that noise on a shared machine spreads):
