@@ -1042,7 +1042,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="512 MiB single/chunks, 16 x 64 MiB parallel, 1,000 small, 256 MiB resume")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--targets", default="sink,tpy-fsync,tpy-os,tpy-redis,tpy-w2,tpy-w2-emb,tus-node",
+    ap.add_argument("--targets",
+                    default="sink,tpy-fsync,tpy-os,tpy-redis,tpy-w2,tpy-w2-emb,tus-node",
                     help="comma list (also: tpy-w2-os, tpy-w2-emb, tpy-w2-emb-os)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "tusd-py-bench")
