@@ -72,4 +72,8 @@ class RssSampler:
 
     @property
     def peak(self) -> int:
-        return max(self.samples)
+        return max(self.samples, default=0)
+
+    def reset(self) -> None:
+        """Start a new measurement window (`peak` and `samples` since now)."""
+        self.samples = []

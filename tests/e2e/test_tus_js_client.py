@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from tests.e2e.rawhttp import download_sha256, upload_id
+from tests.e2e.support import RssSampler
 
 if TYPE_CHECKING:
     from tests.conftest import RedisServer, ServerProcess
@@ -540,42 +541,6 @@ def test_retry_after_server_killed_mid_upload(
     assert info["metadata"].get("filename") == "retry.bin", info
 
 
-class RssSampler:
-    """Samples the server's RSS every 100 ms in a thread; `peak` since the last `reset()`."""
-
-    def __init__(self, server: ServerProcess) -> None:
-        self.server = server
-        self.peak = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def reset(self) -> None:
-        with self._lock:
-            self.peak = 0
-            self.samples = 0
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                rss = self.server.rss_bytes()
-            except (OSError, RuntimeError, AssertionError):
-                rss = 0
-            with self._lock:
-                self.peak = max(self.peak, rss)
-                self.samples += 1
-            self._stop.wait(0.1)
-
-
 @pytest.fixture
 def big_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "big"
@@ -605,7 +570,7 @@ def test_large_2gib_single_patch_bounded_server_memory(
             baseline = server.rss_bytes()
             sampler.reset()
             res = run_upload({"endpoint": server.url, "file": str(path)}, timeout=900)
-            upload_peak, upload_samples = sampler.peak, sampler.samples
+            upload_peak, upload_samples = sampler.peak, len(sampler.samples)
             url = assert_success(server, res)
             assert len(requests_of(res, "PATCH", url)) == 1, explain(server, res)
 
