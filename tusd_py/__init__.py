@@ -1,8 +1,8 @@
 """tusd-py: a tus 1.0 resumable-upload server."""
 
 from .app import create_app
+from .config import Settings
 from .errors import TusError
-from .settings import Settings
 
 __all__ = ["Settings", "TusError", "create_app"]
 __version__ = "0.1.0"

@@ -13,8 +13,8 @@ from starlette.applications import Starlette
 
 from storage import Backend, embedded_backend
 
-from . import logs, malloc
-from .settings import Settings
+from .config import Settings
+from .ops import logs, malloc
 
 _DEFAULTS = Settings()
 _ENV_HELP = ("Each flag can also be set with the environment variable TUSD_PY_<FLAG> "
@@ -304,7 +304,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from .app import create_app
-    from .informational import PROTOCOL_PATH
+    from .http.informational import PROTOCOL_PATH
 
     logs.configure(settings.log_level, settings.log_format)
     malloc.tune()
@@ -361,8 +361,9 @@ def work(settings: Settings) -> None:
 
     from storage import FinalFiles
 
-    from .completion import start_processing
-    from .pipeline import FinalizeProcessor
+    from .hooks.configure import build_hooks
+    from .processing.completion import start_processing
+    from .processing.pipeline import FinalizeProcessor
 
     logs.configure(settings.log_level, settings.log_format)
     if not settings.redis_url:
@@ -374,13 +375,16 @@ def work(settings: Settings) -> None:
     _require_redis(settings)
     backend = build_backend(settings)
     processor = FinalizeProcessor(settings, FinalFiles(settings.final_root))
+    hooks = build_hooks(settings)
 
     async def run() -> None:
         async with anyio.create_task_group() as tg:
             for service in backend.services:
                 tg.start_soon(service)
+            if hooks is not None:
+                tg.start_soon(hooks.run)
             logs.event("worker.started", processors=settings.processors)
-            await start_processing(tg, backend, processor, settings)
+            await start_processing(tg, backend, processor, settings, hooks)
 
     anyio.run(run)
 

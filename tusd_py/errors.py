@@ -1,13 +1,19 @@
-"""Every error the tus server answers with, declared in one place.
+"""Every error the server answers with, declared in one table.
 
 A TusError becomes a response with its status, a one-line plain-text body
-"<code>: <message>" and any extra headers (e.g. Upload-Offset on 409).
+"<code>: <message>" and any extra headers (e.g. Upload-Offset on 409). The upload
+service raises them; the tus and IETF adapters only render them (the draft adapter
+as an RFC 9457 problem document when the error has a problem type its version knows).
+Nothing else in the server builds a TusError: add a constructor here instead.
 """
 
 from __future__ import annotations
 
 import errno
 from collections.abc import Mapping
+from typing import Any
+
+TUS_VERSION = "1.0.0"  # sent as Tus-Version with 412
 
 
 def clip(value: str, limit: int = 120) -> str:
@@ -19,40 +25,62 @@ def clip(value: str, limit: int = 120) -> str:
 class TusError(Exception):
     def __init__(
         self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None,
+        *, problem: str | None = None, members: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.headers = dict(headers or {})
+        # The IETF draft's problem type (https://iana.org/assignments/http-problem-types#...)
+        # and its extension members, for errors the draft defines.
+        self.problem = problem
+        self.members = dict(members or {})
 
     @property
     def body(self) -> str:
         return f"{self.code}: {self.message}\n"
 
-    # --- the table -------------------------------------------------------------
+    # --- requests that cannot be understood -------------------------------------
     @classmethod
     def unsupported_version(cls) -> TusError:
         return cls(412, "ERR_UNSUPPORTED_VERSION", "Tus-Resumable missing or unsupported",
-                   {"Tus-Version": "1.0.0"})
+                   {"Tus-Version": TUS_VERSION})
 
     @classmethod
-    def not_found(cls) -> TusError:
-        return cls(404, "ERR_UPLOAD_NOT_FOUND", "upload not found")
+    def protocol_conflict(cls) -> TusError:
+        return cls(400, "ERR_PROTOCOL_CONFLICT",
+                   "a request carries either Tus-Resumable (tus 1.0) or "
+                   "Upload-Draft-Interop-Version (IETF resumable uploads), not both")
 
     @classmethod
-    def gone(cls, state: str) -> TusError:
-        return cls(410, "ERR_UPLOAD_GONE", f"upload was {state}")
+    def invalid_interop_version(cls, value: str) -> TusError:
+        return cls(400, "ERR_INVALID_INTEROP_VERSION",
+                   f"Upload-Draft-Interop-Version must be an integer, got {clip(value)}")
+
+    @classmethod
+    def unsupported_interop_version(cls, version: int, supported: str) -> TusError:
+        return cls(400, "ERR_UNSUPPORTED_INTEROP_VERSION",
+                   f"interop version {version} is not supported; this server speaks {supported}")
+
+    @classmethod
+    def invalid_content_length(cls) -> TusError:
+        return cls(400, "ERR_INVALID_CONTENT_LENGTH",
+                   "Content-Length must be a non-negative integer")
+
+    @classmethod
+    def bad_content_type(cls, request: str = "PATCH",
+                         expected: str = "application/offset+octet-stream") -> TusError:
+        return cls(415, "ERR_INVALID_CONTENT_TYPE", f"{request} needs Content-Type: {expected}")
 
     @classmethod
     def invalid_offset(cls) -> TusError:
         return cls(400, "ERR_INVALID_OFFSET", "Upload-Offset must be a non-negative integer")
 
     @classmethod
-    def offset_mismatch(cls, current: int) -> TusError:
-        return cls(409, "ERR_MISMATCHED_OFFSET",
-                   f"Upload-Offset does not match the upload's offset {current}",
-                   {"Upload-Offset": str(current)})
+    def invalid_offset_retrieval(cls, complete_field: str) -> TusError:
+        return cls(400, "ERR_INVALID_OFFSET_RETRIEVAL",
+                   f"offset retrieval must not carry Upload-Offset or {complete_field}")
 
     @classmethod
     def invalid_length(cls, why: str = "Upload-Length must be a non-negative integer") -> TusError:
@@ -64,13 +92,9 @@ class TusError(Exception):
                    "send exactly one of Upload-Length and Upload-Defer-Length: 1")
 
     @classmethod
-    def too_large(cls, why: str) -> TusError:
-        return cls(413, "ERR_UPLOAD_SIZE_EXCEEDED", why)
-
-    @classmethod
-    def bad_content_type(cls) -> TusError:
-        return cls(415, "ERR_INVALID_CONTENT_TYPE",
-                   "PATCH needs Content-Type: application/offset+octet-stream")
+    def missing_upload_complete(cls) -> TusError:
+        return cls(400, "ERR_MISSING_UPLOAD_COMPLETE",
+                   "upload creation needs Upload-Complete: ?0 or ?1")
 
     @classmethod
     def invalid_metadata(cls, why: str) -> TusError:
@@ -86,13 +110,58 @@ class TusError(Exception):
                    f"checksum algorithm {clip(algorithm)} is not supported")
 
     @classmethod
-    def checksum_mismatch(cls) -> TusError:
-        return cls(460, "ERR_CHECKSUM_MISMATCH",
-                   "the body does not match Upload-Checksum; it was discarded")
-
-    @classmethod
     def invalid_concat(cls, value: str) -> TusError:
         return cls(400, "ERR_INVALID_CONCAT", f"Upload-Concat {clip(value)} is invalid")
+
+    @classmethod
+    def invalid_query(cls, why: str) -> TusError:
+        return cls(400, "ERR_INVALID_QUERY", why)
+
+    # --- uploads that are not there (any more) ------------------------------------
+    @classmethod
+    def not_found(cls, what: str = "upload") -> TusError:
+        return cls(404, "ERR_UPLOAD_NOT_FOUND", f"{what} not found")
+
+    @classmethod
+    def gone(cls, state: str, what: str = "upload") -> TusError:
+        return cls(410, "ERR_UPLOAD_GONE", f"{what} was {state}")
+
+    @classmethod
+    def not_finished(cls) -> TusError:
+        return cls(404, "ERR_UPLOAD_NOT_FINISHED", "upload is not finished; nothing to download")
+
+    @classmethod
+    def thumbnail_not_found(cls, why: str = "no such thumbnail") -> TusError:
+        return cls(404, "ERR_THUMBNAIL_NOT_FOUND", why)
+
+    @classmethod
+    def feature_disabled(cls, what: str) -> TusError:
+        return cls(405, "ERR_FEATURE_DISABLED", f"{what} is disabled on this server")
+
+    # --- what the upload's state does not allow ---------------------------------
+    @classmethod
+    def offset_mismatch(cls, current: int, provided: int | None = None) -> TusError:
+        """'Mismatching Offset' problem type; 'The response MUST include the correct
+        offset in the Upload-Offset header field.'"""
+        return cls(409, "ERR_MISMATCHED_OFFSET",
+                   f"Upload-Offset does not match the upload's offset {current}",
+                   {"Upload-Offset": str(current)}, problem="mismatching-upload-offset",
+                   members={"expected-offset": current, "provided-offset": provided})
+
+    @classmethod
+    def inconsistent_length(cls, why: str) -> TusError:
+        return cls(400, "ERR_INCONSISTENT_UPLOAD_LENGTH",
+                   f"inconsistent length values for upload: {why}",
+                   problem="inconsistent-upload-length")
+
+    @classmethod
+    def completed_upload(cls) -> TusError:
+        return cls(400, "ERR_UPLOAD_COMPLETED", "upload is already completed",
+                   problem="completed-upload")
+
+    @classmethod
+    def too_large(cls, why: str) -> TusError:
+        return cls(413, "ERR_UPLOAD_SIZE_EXCEEDED", why)
 
     @classmethod
     def not_partial(cls, upload_id: str) -> TusError:
@@ -103,6 +172,21 @@ class TusError(Exception):
         return cls(403, "ERR_MODIFY_FINAL", "a final concatenated upload cannot be patched")
 
     @classmethod
+    def not_reprocessable(cls, why: str) -> TusError:
+        return cls(409, "ERR_NOT_REPROCESSABLE",
+                   f"only processed or failed uploads can be reprocessed ({why})")
+
+    @classmethod
+    def checksum_mismatch(cls) -> TusError:
+        return cls(460, "ERR_CHECKSUM_MISMATCH",
+                   "the body does not match Upload-Checksum; it was discarded")
+
+    @classmethod
+    def body_incomplete(cls, why: str) -> TusError:
+        return cls(400, "ERR_BODY_INCOMPLETE", why)
+
+    # --- contention and limits ------------------------------------------------------
+    @classmethod
     def locked(cls) -> TusError:
         return cls(423, "ERR_FILE_LOCKED", "upload is busy with another request; retry")
 
@@ -112,23 +196,32 @@ class TusError(Exception):
                    "a newer request for this upload took over; bytes so far were saved")
 
     @classmethod
-    def read_timeout(cls, seconds: float) -> TusError:
-        # 500, not 408: clients retry 5xx but give up on most 4xx (tusd does the same).
-        return cls(500, "ERR_READ_TIMEOUT",
-                   f"no data received for {seconds:g} s; bytes so far were saved")
+    def too_many_uploads(cls, limit: int, retry_after: int) -> TusError:
+        return cls(429, "ERR_TOO_MANY_UPLOADS",
+                   f"{limit} uploads are already in progress for this client",
+                   {"Retry-After": str(retry_after)})
 
     @classmethod
-    def not_finished(cls) -> TusError:
-        return cls(404, "ERR_UPLOAD_NOT_FINISHED", "upload is not finished; nothing to download")
+    def origin_not_allowed(cls) -> TusError:
+        return cls(403, "ERR_ORIGIN_NOT_ALLOWED", "origin is not allowed")
 
     @classmethod
     def range_not_satisfiable(cls, size: int) -> TusError:
         return cls(416, "ERR_RANGE_NOT_SATISFIABLE", "requested range is outside the upload",
                    {"Content-Range": f"bytes */{size}"})
 
+    # --- the server's side ----------------------------------------------------------
     @classmethod
-    def origin_not_allowed(cls) -> TusError:
-        return cls(403, "ERR_ORIGIN_NOT_ALLOWED", "origin is not allowed")
+    def read_timeout(cls, seconds: float) -> TusError:
+        # 500, not 408: clients retry 5xx but give up on most 4xx (tusd does the same).
+        return cls(500, "ERR_READ_TIMEOUT",
+                   f"no data received for {seconds:g} s; bytes so far were saved")
+
+    @classmethod
+    def shutting_down(cls) -> TusError:
+        return cls(503, "ERR_SERVER_SHUTTING_DOWN",
+                   "server is restarting; bytes so far were saved, resume elsewhere",
+                   {"Retry-After": "1"})
 
     @classmethod
     def unavailable(cls, why: str) -> TusError:
@@ -153,5 +246,24 @@ class TusError(Exception):
         return cls.storage_failed(errno.errorcode.get(exc.errno or 0, type(exc).__name__))
 
     @classmethod
+    def hook_failed(cls, why: str) -> TusError:
+        # tusd answers 500 when a blocking hook fails.
+        return cls(500, "ERR_HOOK_FAILED", why, {"Retry-After": "5"})
+
+    @classmethod
     def internal(cls, why: str) -> TusError:
         return cls(500, "ERR_INTERNAL_SERVER_ERROR", why)
+
+
+class HookAnswer(TusError):
+    """A response a hook chose (tusd's HTTPResponse with RejectUpload / RejectTermination /
+    StopUpload): its status, body and headers are sent as they are."""
+
+    def __init__(self, status: int, body: str, headers: Mapping[str, str]) -> None:
+        first_line = body.strip().splitlines()[0] if body.strip() else "rejected by a hook"
+        super().__init__(status, "ERR_REJECTED_BY_HOOK", first_line[:200], headers)
+        self.raw_body = body
+
+    @property
+    def body(self) -> str:
+        return self.raw_body

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tusd_py.buffers import MIN_BUFFER_BYTES, WriteBuffers
+from tusd_py.service.buffers import MIN_BUFFER_BYTES, WriteBuffers
 
 MiB = 1 << 20
 

@@ -11,8 +11,8 @@ import anyio
 import pytest
 
 from storage import Backend, UploadInfo, UploadState, embedded_backend, new_upload_id
-from tusd_py.completion import process_job
-from tusd_py.settings import Settings
+from tusd_py.config import Settings
+from tusd_py.processing.completion import process_job
 
 pytestmark = pytest.mark.anyio
 

@@ -26,7 +26,7 @@ from tests.tusd_py.helpers import (
     raw_request,
     upload_id,
 )
-from tusd_py.protocol import MAX_METADATA_BYTES
+from tusd_py.http.fields import MAX_METADATA_BYTES
 
 MAX = 1000
 

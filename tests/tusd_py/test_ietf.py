@@ -504,11 +504,11 @@ def test_tus_js_client_ietf_modes(server: ServerProcess, protocol_v: int) -> Non
 APP_SCRIPT = """
 import sys, uvicorn
 from tusd_py.app import create_app
-from tusd_py.settings import Settings
+from tusd_py.config import Settings
 from pathlib import Path
 http = sys.argv[3]
 if http == "informational-h11":
-    from tusd_py.informational import InformationalH11Protocol as http
+    from tusd_py.http.informational import InformationalH11Protocol as http
 uvicorn.run(create_app(Settings(upload_dir=Path(sys.argv[1]), dashboard=False)),
             host="127.0.0.1", port=int(sys.argv[2]), http=http, log_level="warning")
 """

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tusd_py.informational import _keeping_received_body
+from tusd_py.http.informational import _keeping_received_body
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-"""Pure header parsing and rendering (tusd_py.protocol)."""
+"""Pure header parsing and rendering (tusd_py.http.fields, tusd_py.tus.headers)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,10 @@ import hashlib
 import pytest
 
 from tusd_py.errors import TusError
-from tusd_py.protocol import (
-    decoded_metadata,
-    new_hasher,
-    parse_checksum,
-    parse_concat,
-    parse_metadata,
-    parse_non_negative,
-    render_metadata,
-)
+from tusd_py.http.fields import parse_metadata, parse_non_negative, render_metadata
+from tusd_py.service.checksums import new_hasher
+from tusd_py.service.metadata import decoded_metadata
+from tusd_py.tus.headers import parse_checksum, parse_concat
 
 
 def b64(text: bytes) -> str:

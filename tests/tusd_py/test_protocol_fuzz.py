@@ -19,23 +19,20 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from storage import is_valid_upload_id
-from tusd_py.concat import part_ids
 from tusd_py.errors import TusError
-from tusd_py.handlers.get import parse_range
-from tusd_py.ietf.headers import sf_boolean, sf_integer
-from tusd_py.protocol import (
-    CHECKSUM_ALGORITHMS,
+from tusd_py.http.fields import (
     MAX_METADATA_BYTES,
-    decoded_metadata,
     http_date,
-    metadata_text,
-    new_hasher,
-    parse_checksum,
-    parse_concat,
     parse_metadata,
     parse_non_negative,
     render_metadata,
 )
+from tusd_py.ietf.headers import sf_boolean, sf_integer
+from tusd_py.service.checksums import CHECKSUM_ALGORITHMS, new_hasher
+from tusd_py.service.metadata import decoded_metadata, metadata_text
+from tusd_py.tus.get import parse_range
+from tusd_py.tus.headers import parse_checksum, parse_concat
+from tusd_py.tus.post import part_ids
 
 settings.register_profile("tusd-py", database=None, deadline=None, max_examples=300,
                           suppress_health_check=[HealthCheck.too_slow])

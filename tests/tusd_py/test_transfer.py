@@ -1,4 +1,4 @@
-"""The body pump (tusd_py/transfer.py) driven directly, with a real embedded backend.
+"""The body pump (tusd_py/service/transfer.py) driven directly, with a real embedded backend.
 
 These tests pin down event-loop interleavings that a socket test hits only now and then
 (the one below corrupted about one resumed upload in 25 in the benchmark's RST scenario).
@@ -15,10 +15,10 @@ import anyio
 import pytest
 
 from storage import FileDataStore, UploadInfo, embedded_backend
-from tusd_py.buffers import WriteBuffers
-from tusd_py.context import TusContext
-from tusd_py.settings import Settings
-from tusd_py.transfer import Outcome, pump_body
+from tusd_py.config import Settings
+from tusd_py.service import Body, Outcome, UploadService
+from tusd_py.service.buffers import WriteBuffers
+from tusd_py.service.transfer import pump_body
 
 pytestmark = pytest.mark.anyio
 
@@ -57,8 +57,8 @@ async def test_a_release_while_a_batch_is_handed_over_never_writes_it_twice(
     settings = Settings(upload_dir=tmp_path, checkpoint_bytes=1 << 30, checkpoint_seconds=1e9)
     data = GatedData(tmp_path)
     backend = dataclasses.replace(embedded_backend(tmp_path, fsync=False), data=data)
-    ctx = TusContext(settings, backend, final=None,  # type: ignore[arg-type]
-                     buffers=WriteBuffers(per_transfer=4))
+    ctx = UploadService(settings, backend, final=None,  # type: ignore[arg-type]
+                        buffers=WriteBuffers(per_transfer=4))
     info = UploadInfo(id="race", size=64)
     await backend.state.create(info)
     await data.create(info.id)
@@ -89,7 +89,7 @@ async def test_a_release_while_a_batch_is_handed_over_never_writes_it_twice(
                                     timeout=5) as lease,
                 anyio.create_task_group() as tg):
         tg.start_soon(open_gate_when_blocked)
-        result = await pump_body(ctx, stream(), info, lease, release, limit=64)
+        result = await pump_body(ctx, Body(stream(), None), info, lease, release, limit=64)
 
     assert result.outcome is Outcome.RELEASED
     batches = [batch for _, batch in data.writes]
@@ -109,7 +109,7 @@ async def test_a_transfer_asked_to_release_keeps_reading_what_is_in_flight(
     settings = Settings(upload_dir=tmp_path, checkpoint_bytes=1 << 30, checkpoint_seconds=1e9,
                         network_timeout=60)
     backend = embedded_backend(tmp_path, fsync=False)
-    ctx = TusContext(settings, backend, final=None)  # type: ignore[arg-type]
+    ctx = UploadService(settings, backend, final=None)  # type: ignore[arg-type]
     info = UploadInfo(id="drain", size=1 << 20)
     await backend.state.create(info)
     await backend.data.create(info.id)
@@ -134,9 +134,10 @@ async def test_a_transfer_asked_to_release_keeps_reading_what_is_in_flight(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(request_release)
-        async with ctx.hold(info.id) as (lease, release):
+        async with ctx.hold(info.id) as hold:
             started = anyio.current_time()
-            result = await pump_body(ctx, stream(), info, lease, release, limit=1 << 20)
+            result = await pump_body(ctx, Body(stream(), None), info, hold.lease, hold.release,
+                                     limit=1 << 20)
             stopped = anyio.current_time() - started
 
     assert result.outcome is Outcome.RELEASED

@@ -7,6 +7,6 @@ state (offset/completeness/length/limits), creation, offset (HEAD), append (PATC
 cancel (DELETE), options, problems (error bodies), routing (dispatch).
 """
 
-from .routing import COLLECTION, RESOURCE, DraftHandler, conflict, handle, is_draft
+from .routing import COLLECTION, RESOURCE, DraftHandler, handle, is_draft
 
-__all__ = ["COLLECTION", "RESOURCE", "DraftHandler", "conflict", "handle", "is_draft"]
+__all__ = ["COLLECTION", "RESOURCE", "DraftHandler", "handle", "is_draft"]

@@ -8,11 +8,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..context import get_context
+from ..http.request import caller_of, service_of
 from .versions import Draft
 
 
 async def cancel(request: Request, draft: Draft) -> Response:
-    ctx = get_context(request)
-    await ctx.terminate(request.path_params["upload_id"], protocol="ietf-draft")
+    await service_of(request).terminate(request.path_params["upload_id"], caller_of(request),
+                                        protocol="ietf-draft")
     return Response(status_code=204)

@@ -15,22 +15,17 @@ from email.message import Message
 from starlette.requests import Request
 from starlette.responses import Response
 
-from storage import UploadInfo, new_upload_id
+from storage import UploadInfo
 
-from ..context import TusContext, get_context
 from ..errors import TusError
-from ..handlers.patch import raise_for_outcome, receive_body
-from ..handlers.post import create_record
-from ..informational import send_informational
-from ..protocol import OFFSET_OCTET_STREAM, parse_metadata
-from ..transfer import Outcome, PumpResult
+from ..http.fields import OFFSET_OCTET_STREAM, has_body, media_type, parse_metadata
+from ..http.informational import send_informational
+from ..http.request import body_of, caller_of, service_of, upload_url
+from ..service import AppendResult, Caller, Outcome, UploadService
 from .state import (
     PARTIAL_UPLOAD,
-    check_size,
     complete_header,
     completes,
-    finish,
-    has_body,
     limit_headers,
     request_length,
 )
@@ -56,58 +51,58 @@ def metadata_from(request: Request) -> dict[str, str | None]:
         filename = message.get_filename()
         if filename:
             metadata["filename"] = _b64(filename)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = media_type(request)
     if content_type and content_type not in _TRANSFER_TYPES and "filetype" not in metadata:
         metadata["filetype"] = _b64(content_type)
     return metadata
 
 
 async def create(request: Request, draft: Draft) -> Response:
-    ctx = get_context(request)
+    service = service_of(request)
+    settings = service.settings
     complete = completes(request, draft)
     if complete is None:
         if not draft.uses_incomplete:
-            raise TusError(400, "ERR_MISSING_UPLOAD_COMPLETE",
-                           "upload creation needs Upload-Complete: ?0 or ?1")
+            raise TusError.missing_upload_complete()
         complete = True  # v3 without Upload-Incomplete: a whole upload, like a plain POST
     length = request_length(request, 0, complete)
-    check_size(ctx, draft, length)
-    metadata = metadata_from(request)
-
-    info, hook_headers = await create_record(ctx, request, UploadInfo(
-        id=new_upload_id(), size=length, metadata=metadata,
-        expires_at=None if length == 0 else ctx.next_expiry(),
-    ))
-    location = ctx.upload_url(request, info.id)
-    headers = {**hook_headers, "Location": location}
+    service.check_length(length)
+    caller = caller_of(request)
+    created = await service.create(service.new_upload(length, metadata_from(request)), caller)
+    info = created.info
+    location = upload_url(request, info.id)
+    headers = {**created.headers, "Location": location}
     if draft.supported:
         await send_informational(request.scope, 104, [
             ("Location", location),
             ("Upload-Draft-Interop-Version", str(draft.requested)),
-            *limit_headers(ctx, draft, info).items(),
+            *limit_headers(settings, draft, info).items(),
         ])
     try:
-        info = await _store(ctx, request, draft, info, complete)
+        info = await _store(service, request, caller, info, complete)
     except TusError as exc:
         # The upload exists even if its first bytes failed: tell the client where.
         exc.headers.setdefault("Location", location)
         raise
     headers.update({"Upload-Offset": str(info.offset),
                     **complete_header(draft, info.state.finished),
-                    **limit_headers(ctx, draft, info)})
+                    **limit_headers(settings, draft, info)})
     return Response(status_code=201, headers=headers)
 
 
-async def _store(
-    ctx: TusContext, request: Request, draft: Draft, info: UploadInfo, complete: bool,
-) -> UploadInfo:
-    async with ctx.hold(info.id) as (lease, release):
+async def _store(service: UploadService, request: Request, caller: Caller, info: UploadInfo,
+                 complete: bool) -> UploadInfo:
+    if info.state.finished:
+        return info  # an empty upload, complete at creation
+    async with service.hold(info.id) as hold:
         if has_body(request):
-            result = await receive_body(ctx, request, info, lease, release, None)
+            with service.transfer_slot(caller, info.id):
+                result = await service.append(info, hold, body_of(request), caller,
+                                              fresh=True)
         else:
-            result = PumpResult(Outcome.DONE, info)
+            result = AppendResult(Outcome.DONE, info)
         info = result.info
         if result.outcome is Outcome.DONE and complete:
-            info = await finish(ctx, draft, info, lease)
-    raise_for_outcome(ctx, result)
+            info = await service.complete_empty(info, hold, caller)
+    service.raise_for(result)
     return info

@@ -12,8 +12,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..context import get_context
 from ..errors import TusError
+from ..http.request import service_of
 from .state import state_headers
 from .versions import Draft
 
@@ -25,10 +25,8 @@ async def retrieve_offset(request: Request, draft: Draft) -> Response:
     if draft.version <= 7 and any(
             name in request.headers
             for name in ("upload-offset", "upload-complete", "upload-incomplete")):
-        raise TusError(400, "ERR_INVALID_OFFSET_RETRIEVAL",
-                       "offset retrieval must not carry Upload-Offset or "
-                       f"{draft.complete_field}")
-    ctx = get_context(request)
-    info = await ctx.load_settled(request.path_params["upload_id"])
-    headers = {**state_headers(ctx, draft, info), "Cache-Control": "no-store"}
+        raise TusError.invalid_offset_retrieval(draft.complete_field)
+    service = service_of(request)
+    info = await service.load_settled(request.path_params["upload_id"])
+    headers = {**state_headers(service.settings, draft, info), "Cache-Control": "no-store"}
     return Response(status_code=204, headers=headers)

@@ -7,12 +7,12 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..context import get_context
+from ..http.request import service_of
 from .state import PARTIAL_UPLOAD, limit_headers
 from .versions import Draft
 
 
 async def options(request: Request, draft: Draft) -> Response:
-    ctx = get_context(request)
-    headers = {"Accept-Patch": PARTIAL_UPLOAD, **limit_headers(ctx, draft)}
+    headers = {"Accept-Patch": PARTIAL_UPLOAD,
+               **limit_headers(service_of(request).settings, draft)}
     return Response(status_code=204, headers=headers)

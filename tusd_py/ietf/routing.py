@@ -10,8 +10,9 @@ from starlette.responses import PlainTextResponse, Response
 
 from storage import StorageUnavailable
 
-from .. import logs
 from ..errors import TusError
+from ..http.request import service_of
+from ..ops import logs
 from .append import append
 from .cancel import cancel
 from .creation import create
@@ -33,12 +34,6 @@ def is_draft(request: Request) -> bool:
     return HEADER in request.headers
 
 
-def conflict() -> TusError:
-    return TusError(400, "ERR_PROTOCOL_CONFLICT",
-                    "a request carries either Tus-Resumable (tus 1.0) or "
-                    "Upload-Draft-Interop-Version (IETF resumable uploads), not both")
-
-
 async def handle(request: Request, table: dict[str, DraftHandler]) -> Response:
     """Run the draft handler for this method; every failure becomes a draft response."""
     draft: Draft | None = None
@@ -52,7 +47,7 @@ async def handle(request: Request, table: dict[str, DraftHandler]) -> Response:
                                      headers={"Allow": allow})
         return await handler(request, draft)
     except TusError as exc:
-        extra = limit_headers(request.app.state.tus, draft) if (
+        extra = limit_headers(service_of(request).settings, draft) if (
             draft is not None and exc.status == 413) else {}
         return render(request, draft, exc, extra)
     except StorageUnavailable as exc:

@@ -9,14 +9,13 @@ import time
 
 from starlette.requests import Request
 
-from storage import Lease, UploadInfo, UploadState
+from storage import UploadInfo
 
-from .. import logs
-from ..context import TusContext
+from ..config import Settings
 from ..errors import TusError
-from ..handlers.patch import content_length
+from ..http.fields import content_length
+from ..service import Caller, Hold, UploadService
 from .headers import render_boolean, render_dictionary, sf_boolean, sf_integer
-from .problems import DraftProblem
 from .versions import Draft
 
 PARTIAL_UPLOAD = "application/partial-upload"
@@ -35,11 +34,6 @@ def completes(request: Request, draft: Draft) -> bool | None:
     return sf_boolean(request.headers.get("upload-complete"))
 
 
-def has_body(request: Request) -> bool:
-    length = content_length(request)
-    return bool(length) or (length is None and "transfer-encoding" in request.headers)
-
-
 def request_length(request: Request, offset: int, complete: bool) -> int | None:
     """The upload length this request indicates, if any.
 
@@ -53,40 +47,34 @@ def request_length(request: Request, offset: int, complete: bool) -> int | None:
     body = content_length(request)
     implied = offset + body if complete and body is not None else None
     if declared is not None and implied is not None and declared != implied:
-        raise DraftProblem.inconsistent_length(
+        raise TusError.inconsistent_length(
             f"Upload-Length {declared} but the request completes the upload at {implied}")
     if declared is not None and body is not None and offset + body > declared:
-        raise DraftProblem.inconsistent_length(
+        raise TusError.inconsistent_length(
             f"content of {body} bytes at offset {offset} exceeds Upload-Length {declared}")
     return declared if declared is not None else implied
 
 
-def check_size(ctx: TusContext, draft: Draft, length: int | None) -> None:
-    max_size = ctx.settings.max_size
-    if max_size and length is not None and length > max_size:
-        raise TusError.too_large(f"upload length {length} exceeds max-size {max_size}")
-
-
-def limits(ctx: TusContext, draft: Draft, info: UploadInfo | None = None) -> dict[str, int]:
+def limits(settings: Settings, draft: Draft, info: UploadInfo | None = None) -> dict[str, int]:
     """`Upload-Limit` members: max-size (--max-size), min-size=0 (v8: a server without
     limits MUST still announce one), and the remaining lifetime (--expiration)."""
     members: dict[str, int] = {}
-    if ctx.settings.max_size:
-        members["max-size"] = ctx.settings.max_size
+    if settings.max_size:
+        members["max-size"] = settings.max_size
     members["min-size"] = 0
     if info is None:
-        if ctx.settings.expiration > 0:
-            members[draft.age_key] = int(ctx.settings.expiration)
+        if settings.expiration > 0:
+            members[draft.age_key] = int(settings.expiration)
     elif info.expires_at is not None and not info.state.finished:
         members[draft.age_key] = max(int(info.expires_at - time.time()), 0)
     return members
 
 
-def limit_headers(ctx: TusContext, draft: Draft,
+def limit_headers(settings: Settings, draft: Draft,
                   info: UploadInfo | None = None) -> dict[str, str]:
     if not draft.has_limits:
         return {}
-    return {"Upload-Limit": render_dictionary(limits(ctx, draft, info))}
+    return {"Upload-Limit": render_dictionary(limits(settings, draft, info))}
 
 
 def complete_header(draft: Draft, complete: bool) -> dict[str, str]:
@@ -95,54 +83,28 @@ def complete_header(draft: Draft, complete: bool) -> dict[str, str]:
     return {"Upload-Complete": render_boolean(complete)}
 
 
-def state_headers(ctx: TusContext, draft: Draft, info: UploadInfo) -> dict[str, str]:
+def state_headers(settings: Settings, draft: Draft, info: UploadInfo) -> dict[str, str]:
     """Offset, completeness, length (when known) and limits of an upload."""
     headers = {"Upload-Offset": str(info.offset),
                **complete_header(draft, info.state.finished)}
     if info.size is not None:
         headers["Upload-Length"] = str(info.size)
-    headers.update(limit_headers(ctx, draft, info))
+    headers.update(limit_headers(settings, draft, info))
     return headers
 
 
-async def record_length(
-    ctx: TusContext, draft: Draft, info: UploadInfo, lease: Lease, length: int | None,
-) -> UploadInfo:
-    """'The server MUST record the length' once a request indicates it."""
+async def record_length(service: UploadService, info: UploadInfo, hold: Hold,
+                        length: int | None, caller: Caller) -> UploadInfo:
+    """'The server MUST record the length' once a request indicates it; a length that
+    contradicts the recorded one is an inconsistent length (a problem type)."""
     if length is None:
         return info
     if info.size is not None:
         if length != info.size:
-            raise DraftProblem.inconsistent_length(
+            raise TusError.inconsistent_length(
                 f"length {length} differs from the recorded length {info.size}")
         return info
-    check_size(ctx, draft, length)
     if length < info.offset:
-        raise DraftProblem.inconsistent_length(
+        raise TusError.inconsistent_length(
             f"length {length} is smaller than the offset {info.offset}")
-    updated = await ctx.backend.state.declare_length(info.id, epoch=lease.epoch, size=length)
-    logs.event("upload.length_declared", info.id, size=length)
-    if updated.state is UploadState.COMPLETED:
-        await ctx.completed(updated)
-    return updated
-
-
-async def finish(ctx: TusContext, draft: Draft, info: UploadInfo, lease: Lease) -> UploadInfo:
-    """All content of an `Upload-Complete: ?1` request was stored: complete the upload.
-
-    The completion is the same commit a tus upload makes (state COMPLETED, queued for
-    processing through ctx.completed), so draft uploads are processed alike.
-    """
-    if info.state.finished:
-        return info
-    if info.size is None:
-        return await record_length(ctx, draft, info, lease, info.offset)
-    if info.offset < info.size:
-        raise DraftProblem.inconsistent_length(
-            f"the upload was marked complete at offset {info.offset} of {info.size}")
-    # Only an empty upload gets here (offset == size == 0 never passes a commit).
-    info = await ctx.backend.state.commit(info.id, epoch=lease.epoch, expected=info.offset,
-                                          new=info.offset)
-    if info.state is UploadState.COMPLETED:
-        await ctx.completed(info)
-    return info
+    return await service.declare_length(info, hold, length, caller)

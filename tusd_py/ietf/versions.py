@@ -88,10 +88,7 @@ def detect(headers: Headers) -> Draft | None:
         return None
     requested = sf_integer(raw)
     if requested is None:
-        raise TusError(400, "ERR_INVALID_INTEROP_VERSION",
-                       f"Upload-Draft-Interop-Version must be an integer, got {raw!r}")
+        raise TusError.invalid_interop_version(raw)
     if requested < SUPPORTED[0]:
-        raise TusError(400, "ERR_UNSUPPORTED_INTEROP_VERSION",
-                       f"interop version {requested} is not supported; this server speaks "
-                       f"{SUPPORTED[0]}..{LATEST}")
+        raise TusError.unsupported_interop_version(requested, f"{SUPPORTED[0]}..{LATEST}")
     return Draft(version=min(requested, LATEST), requested=requested)

@@ -1,1 +1,0 @@
-"""One module per HTTP method of the tus protocol."""

@@ -1,0 +1,53 @@
+"""The sweeper: unfinished uploads past Upload-Expires lose their bytes, keep a tombstone."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+
+from storage import Backend, InvalidTransition, LockTimeout, StorageError, UploadState
+
+from ..config import Settings
+from ..ops import logs
+
+
+async def sweep_once(backend: Backend, settings: Settings) -> int:
+    now = time.time()
+    removed = 0
+    for info in await backend.state.expired(now):
+        try:
+            async with backend.locker.hold(info.id, on_release_requested=lambda: None,
+                                           timeout=1.0):
+                # Read again under the lock: a PATCH that ran since the listing moved
+                # Upload-Expires on (or finished the upload) and keeps its bytes.
+                current = await backend.state.get(info.id)
+                if (current.state is not UploadState.UPLOADING or current.expires_at is None
+                        or current.expires_at > time.time()):
+                    continue
+                await backend.data.delete(info.id)
+                await backend.state.transition(
+                    info.id, UploadState.EXPIRED, expect=frozenset({UploadState.UPLOADING}))
+        except (LockTimeout, InvalidTransition):
+            continue  # busy or finished meanwhile: not expired after all
+        except StorageError as exc:
+            logs.event("upload.expire_failed", info.id, level=logging.ERROR, error=str(exc))
+            continue
+        removed += 1
+        logs.event("upload.expired", info.id, offset=info.offset, size=info.size)
+    # Tombstones answer 410 for a while, then are forgotten.
+    await backend.state.purge_tombstones(now - settings.tombstone_seconds)
+    return removed
+
+
+async def run_sweeper(backend: Backend, settings: Settings) -> None:
+    interval = min(settings.sweep_interval, max(settings.expiration / 2, 0.5))
+    while True:
+        await anyio.sleep(interval)
+        try:
+            # Several instances share one store: one elected sweeper at a time.
+            if await backend.locker.leader("sweeper", ttl=interval * 3):
+                await sweep_once(backend, settings)
+        except Exception:
+            logging.getLogger(logs.LOGGER_NAME).exception("sweeper.crashed")
