@@ -16,7 +16,15 @@ import pytest
 
 from tests.conftest import ServerProcess, free_port
 
-from .helpers import OFFSET_CT, TUS, assert_error_body, b64, files_under, serve_refusing
+from .helpers import (
+    OFFSET_CT,
+    TUS,
+    assert_error_body,
+    b64,
+    files_under,
+    serve_refusing,
+    wait_for,
+)
 
 Answer = tuple[int, dict[str, Any]]
 
@@ -28,18 +36,27 @@ class HookReceiver:
     url: str = ""
     calls: list[dict[str, Any]] = field(default_factory=list)
     respond: Callable[[dict[str, Any]], Answer] = lambda event: (200, {})
+    arrived: threading.Condition = field(default_factory=threading.Condition)
+
+    def record(self, event: dict[str, Any]) -> None:
+        with self.arrived:
+            self.calls.append(event)
+            self.arrived.notify_all()
 
     def types(self) -> list[str]:
         return [c["Type"] for c in self.calls]
 
-    def wait_for(self, hook_type: str, timeout: float = 10.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for call in self.calls:
-                if call["Type"] == hook_type:
-                    return call
-            time.sleep(0.02)
-        raise AssertionError(f"no {hook_type} hook; got {self.types()}")
+    def wait_until(self, done: Callable[[list[dict[str, Any]]], bool],
+                   timeout: float = 10.0) -> None:
+        """Wakes on every call that arrives (no polling)."""
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: done(self.calls), timeout):
+                raise AssertionError(f"hooks received: {self.types()}")
+
+    def wait_for(self, hook_type: str, count: int = 1, timeout: float = 10.0) -> dict[str, Any]:
+        self.wait_until(lambda calls: sum(c["Type"] == hook_type for c in calls) >= count,
+                        timeout)
+        return [c for c in self.calls if c["Type"] == hook_type][count - 1]
 
 
 @pytest.fixture
@@ -49,8 +66,8 @@ def receiver() -> Iterator[HookReceiver]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             event = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            rec.calls.append(event)
             status, body = rec.respond(event)
+            rec.record(event)
             payload = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -155,7 +172,7 @@ def test_pre_create_changes_id_and_metadata(
         assert meta == {"filename": b64("renamed.tif"), "owner": b64("ops")}
         # The same id again would collide: the server refuses rather than overwrite.
         r = post(client, srv, 3)
-        assert r.status_code == 502
+        assert r.status_code == 500
         assert "exists" in r.text
 
 
@@ -165,7 +182,7 @@ def test_pre_create_with_an_unsafe_id_is_refused(
     srv = hooked(start_server, receiver.url)
     with httpx.Client(timeout=10) as client:
         r = post(client, srv, 3)
-    assert r.status_code == 502
+    assert r.status_code == 500
     assert_error_body(r)
     assert not (srv.upload_dir.parent / "etc").exists()
 
@@ -176,7 +193,7 @@ def test_a_hook_that_is_down_fails_creation_closed(
     srv = hooked(start_server, dead, "--hooks-http-retry", "1")
     with httpx.Client(timeout=10) as client:
         r = post(client, srv, 3)
-    assert r.status_code == 502
+    assert r.status_code == 500
     assert r.text.startswith("ERR_HOOK_FAILED: pre-create hook unreachable")
     assert_error_body(r)
     assert not [p for p in files_under(srv.upload_dir) if "final" not in p.parts]
@@ -234,7 +251,7 @@ def test_pre_terminate_can_refuse_and_fails_closed(
     with httpx.Client(timeout=10) as client:
         url = location(srv2, post(client, srv2, 3))
         r = client.delete(url, headers=TUS)
-        assert r.status_code == 502
+        assert r.status_code == 500  # tusd answers a failed blocking hook with 500
         assert client.head(url, headers=TUS).status_code == 200
 
 
@@ -247,8 +264,72 @@ def test_only_enabled_events_are_sent(start_server: Callable[..., ServerProcess]
                      content=b"ok")
         assert client.delete(url, headers=TUS).status_code == 204
     receiver.wait_for("post-terminate")
-    time.sleep(0.3)
+    # post-create and post-receive would have been queued before post-terminate.
+    wait_for(lambda: "type=post-terminate" in srv.log())
+    assert srv.log().count("hook.sent") == 1, srv.log()
     assert receiver.types() == ["post-terminate"]
+
+
+def processed(srv: ServerProcess, client: httpx.Client, url: str) -> dict[str, Any]:
+    """The upload's JSON once processing ended: waits on the server's log event."""
+    uid = url.rsplit("/", 1)[-1]
+    wait_for(lambda: f"processing.done upload_id={uid}" in srv.log(), timeout=30)
+    doc: dict[str, Any] = client.get(f"{srv.origin}/api/uploads/{uid}").json()
+    return doc
+
+
+def upload_whole(client: httpx.Client, srv: ServerProcess, data: bytes) -> str:
+    url = location(srv, post(client, srv, len(data)))
+    r = client.patch(url, headers={**TUS, "Content-Type": OFFSET_CT, "Upload-Offset": "0"},
+                     content=data)
+    assert r.status_code == 204
+    return url
+
+
+def test_with_processing_a_disabled_post_finish_is_never_sent(
+        start_server: Callable[..., ServerProcess], receiver: HookReceiver) -> None:
+    """The completion worker uses the process's one hook sender and its event set
+    (it once built its own sender that sent post-finish whatever was enabled)."""
+    srv = start_server("--hooks-http", receiver.url, "--hooks-enabled-events",
+                       "pre-create,post-terminate")
+    with httpx.Client(timeout=10) as client:
+        url = upload_whole(client, srv, b"finished bytes")
+        assert processed(srv, client, url)["state"] == "processed"
+        assert client.delete(url, headers=TUS).status_code == 204
+    receiver.wait_for("post-terminate")  # the marker: a later event has arrived
+    assert receiver.types() == ["pre-create", "post-terminate"]
+    assert "type=post-finish" not in srv.log()
+
+
+def test_with_processing_post_finish_is_retried_as_configured(
+        start_server: Callable[..., ServerProcess], receiver: HookReceiver) -> None:
+    attempts: list[str] = []
+
+    def flaky(event: dict[str, Any]) -> Answer:
+        attempts.append(event["Type"])
+        return (503, {}) if len(attempts) < 3 else (200, {})
+
+    receiver.respond = flaky
+    srv = start_server("--hooks-http", receiver.url, "--hooks-enabled-events", "post-finish",
+                       "--hooks-http-retry", "2", "--hooks-http-backoff", "0.05")
+    with httpx.Client(timeout=10) as client:
+        url = upload_whole(client, srv, b"finished bytes")
+        assert processed(srv, client, url)["state"] == "processed"
+    finish = receiver.wait_for("post-finish", count=3)
+    assert attempts == ["post-finish"] * 3  # the first try and --hooks-http-retry 2
+    assert finish["TusdPy"]["state"] == "processed"
+    assert finish["Event"]["Upload"]["Storage"]["Type"] == "filestore"
+
+    receiver.calls.clear()
+    attempts.clear()
+    receiver.respond = lambda event: (attempts.append(event["Type"]) or (503, {}))  # type: ignore[func-returns-value]
+    srv2 = start_server("--hooks-http", receiver.url, "--hooks-enabled-events", "post-finish",
+                        "--hooks-http-retry", "1", "--hooks-http-backoff", "0.05")
+    with httpx.Client(timeout=10) as client:
+        url = upload_whole(client, srv2, b"other bytes")
+        processed(srv2, client, url)
+    wait_for(lambda: "hook.gave_up" in srv2.log(), timeout=10)
+    assert attempts == ["post-finish"] * 2
 
 
 def test_unknown_hook_event_refuses_to_start(tmp_path: Path) -> None:
@@ -275,10 +356,8 @@ def test_post_receive_reports_progress_during_one_patch(
         r = client.patch(url, headers={**TUS, "Content-Type": OFFSET_CT, "Upload-Offset": "0"},
                          content=slow_body())
         assert r.status_code == 204
-    deadline = time.monotonic() + 10
-    while [c["Event"]["Upload"]["Offset"] for c in receiver.calls][-1:] != [total]:
-        assert time.monotonic() < deadline, receiver.calls
-        time.sleep(0.05)
+    receiver.wait_until(lambda calls: [c["Event"]["Upload"]["Offset"] for c in calls][-1:]
+                        == [total])
     offsets = [c["Event"]["Upload"]["Offset"] for c in receiver.calls]
     assert offsets == sorted(offsets) and 0 < offsets[0] < total, offsets
     assert all(c["Event"]["HTTPRequest"]["Method"] == "PATCH" for c in receiver.calls)

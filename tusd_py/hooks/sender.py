@@ -113,7 +113,7 @@ class Hooks:
                        to=self.transport.describe())
             return answer
         metrics.hook_errors.labels(hook_type).inc()
-        raise HookUnavailable(f"{hook_type} hook failed: {error}")
+        raise HookUnavailable(f"{hook_type} hook unreachable: {error}")
 
     async def ask(self, hook_type: str, info: UploadInfo, caller: Caller) -> HookResponse:
         """A blocking hook; an empty response when the event is not enabled."""
