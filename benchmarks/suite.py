@@ -41,6 +41,7 @@ import http.client
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -52,6 +53,7 @@ import tempfile
 import threading
 import time
 import traceback
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,6 +68,8 @@ TAIL = os.urandom(MiB)  # every block is a 16-byte (upload, block) prefix + this
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HOST = "127.0.0.1"
+# tusd v2.10's upload path built for this machine (see its README); never required.
+DEFAULT_TUSD = ROOT.parent / "shared/peers/tusd/tusdcore"
 
 
 # ---------------------------------------------------------------- deterministic content
@@ -157,6 +161,51 @@ class Conn:
                 body, self.buf = self.buf[:n], self.buf[n:]
         return status, headers, body
 
+    def read_head(self) -> tuple[int, dict[str, str]]:
+        """Status line and headers only; the body stays unread (see body_chunks)."""
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        return int(lines[0].split()[1]), headers
+
+    def body_chunks(self, headers: dict[str, str], buf: bytearray) -> Iterator[memoryview]:
+        """The body after read_head, as views into `buf` (reused: consume each before the next),
+        so that a 128 MiB GET never sits in the client's memory."""
+        view = memoryview(buf)
+
+        def take(n: int) -> Iterator[memoryview]:
+            while n > 0:
+                if self.buf:
+                    part, self.buf = self.buf[:n], self.buf[n:]
+                    view[:len(part)] = part
+                    got = len(part)
+                else:
+                    got = self.sock.recv_into(buf, min(n, len(buf)))
+                    if not got:
+                        raise ConnectionError("server closed the connection mid-body")
+                yield view[:got]
+                n -= got
+
+        if headers.get("transfer-encoding", "").lower() != "chunked":
+            yield from take(int(headers.get("content-length", "0")))
+            return
+        while True:
+            while b"\r\n" not in self.buf:
+                self._fill()
+            size_line, self.buf = self.buf.split(b"\r\n", 1)
+            n = int(size_line.split(b";")[0], 16)
+            yield from take(n)
+            while len(self.buf) < 2:
+                self._fill()
+            self.buf = self.buf[2:]
+            if n == 0:
+                return
+
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
                 body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
         headers = dict(headers or {})
@@ -223,8 +272,16 @@ def verify(run: Running, items: list[tuple[str, int, int]]) -> str:
     """items: (path, upload number, size). Returns 'ok n/n' or raises."""
     if not run.target.verifiable:
         return "n/a (sink)"
+    from_files = 0
     for path, upload, size in items:
-        if run.target.kind == "node":
+        if run.target.kind == "tusd":
+            # tusd serves GET of finished uploads; should a build not, its bytes are in <dir>/<id>.
+            try:
+                got, n = stored_sha256(run.port, path)
+            except RuntimeError:
+                got, n = file_sha256(run.data_dir / path.rsplit("/", 1)[-1])
+                from_files += 1
+        elif run.target.kind == "node":
             # @tus/server 2.4.5 on Node 20 dies serving GETs of finished uploads (undici
             # "ERR_INVALID_STATE: ReadableStream is already closed", the process exits):
             # hash its datastore file instead.
@@ -233,7 +290,7 @@ def verify(run: Running, items: list[tuple[str, int, int]]) -> str:
             got, n = stored_sha256(run.port, path)
         if n != size or got != expected_sha256(upload, size):
             raise RuntimeError(f"stored bytes of {path} differ: {n} bytes, sha256 {got[:12]}")
-    where = " (datastore files)" if run.target.kind == "node" else ""
+    where = " (datastore files)" if run.target.kind == "node" or from_files else ""
     return f"sha256 ok {len(items)}/{len(items)}{where}"
 
 
@@ -320,7 +377,14 @@ async def small_uploads(port: int, n: int, conc: int, size: int) -> dict[str, An
 
 
 async def verify_small(port: int, paths: list[str], size: int, conc: int) -> int:
-    it = iter(enumerate(paths))
+    return await verify_bodies(port, list(enumerate(paths)), lambda i: small_body(i, size), conc)
+
+
+async def verify_bodies(port: int, items: list[tuple[int, str]], body: Callable[[int], bytes],
+                        conc: int) -> int:
+    """GET every (i, path) over `conc` keep-alive connections; the number whose bytes differ
+    from body(i)."""
+    it = iter(items)
     bad = 0
 
     async def worker() -> None:
@@ -330,8 +394,8 @@ async def verify_small(port: int, paths: list[str], size: int, conc: int) -> int
             for i, path in it:
                 writer.write(f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
                              f"Tus-Resumable: 1.0.0\r\n\r\n".encode())
-                status, headers, body = await aread_response(reader, "GET")
-                if status != 200 or body != small_body(i, size):
+                status, headers, got = await aread_response(reader, "GET")
+                if status != 200 or got != body(i):
                     bad += 1
                 if headers.get("connection", "").lower() == "close":
                     writer.close()
@@ -374,11 +438,13 @@ def proc_stat(pid: int) -> tuple[int, float, float]:
     return int(fields[21]) * PAGE, own, reaped
 
 
-def tree_sample(root: int) -> tuple[int, int, float]:
-    """(rss summed over the tree, largest process rss, cpu seconds of the tree)"""
+def tree_sample(root: int, pids: list[int] | None = None) -> tuple[int, int, float]:
+    """(rss summed over the tree, largest process rss, cpu seconds of the tree); `pids`: the
+    tree as last listed (walking /proc/<pid>/task/*/children costs one read per thread, and
+    the sink runs a thread per connection)."""
     total = biggest = 0
     cpu = 0.0
-    for pid in tree(root):
+    for pid in pids if pids is not None else tree(root):
         try:
             rss, own, reaped = proc_stat(pid)
         except (OSError, IndexError):
@@ -390,22 +456,29 @@ def tree_sample(root: int) -> tuple[int, int, float]:
 
 
 class Sampler:
-    """Peak RSS of a process tree, sampled every 20 ms, plus CPU-seconds over the window."""
+    """Peak RSS of a process tree, sampled every `interval` s, plus CPU-seconds over the window
+    (utime+stime from /proc/<pid>/stat of every process in the tree, plus reaped children)."""
 
-    def __init__(self, roots: list[int]) -> None:
+    def __init__(self, roots: list[int], interval: float = 0.02) -> None:
         self.roots = roots
+        self.interval = interval
         self.peak_tree = self.peak_proc = 0
         self.idle_tree = 0
+        self._pids: list[int] = []
+        self._listed = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> None:
-        rss, big, _ = tree_sample(self.roots[0])
+        now = time.monotonic()
+        if now - self._listed > 1.0:  # the tree changes rarely (uvicorn workers start once)
+            self._pids, self._listed = tree(self.roots[0]), now
+        rss, big, _ = tree_sample(self.roots[0], self._pids)
         self.peak_tree = max(self.peak_tree, rss)
         self.peak_proc = max(self.peak_proc, big)
 
     def _loop(self) -> None:
-        while not self._stop.wait(0.02):
+        while not self._stop.wait(self.interval):
             self._sample()
 
     def __enter__(self) -> Sampler:
@@ -424,6 +497,21 @@ class Sampler:
 
 # ---------------------------------------------------------------- targets
 
+def raise_nofile(clients: int) -> None:
+    """Slow clients hold a socket each in this process and a socket plus an open file each in
+    the server; servers inherit this limit (every target is a child of this process)."""
+    want = 2 * clients + 4096
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < want:
+        with contextlib.suppress(ValueError, OSError):  # raising the hard limit needs root
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return
+        want = hard
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -434,13 +522,23 @@ def free_port() -> int:
 class Target:
     key: str
     label: str
-    kind: str  # sink | tpy | node
+    kind: str  # sink | tpy | node | tusd
     flags: list[str] = dataclasses.field(default_factory=list)
     redis: bool = False
 
     @property
     def verifiable(self) -> bool:
         return self.kind != "sink"
+
+    @property
+    def serves_get(self) -> str | None:
+        """None when GET of a finished upload works, else why the download scenario skips it."""
+        if self.kind == "sink":
+            return "no GET (the sink discards bytes)"
+        if self.kind == "node":
+            return ("skipped: @tus/server 2.4.5 on Node 20 exits on GETs of finished uploads "
+                    "(undici ERR_INVALID_STATE)")
+        return None
 
 
 @dataclasses.dataclass
@@ -495,11 +593,17 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path, probes: int 
 
 class Env:
     def __init__(self, scratch: Path, python: str, node_dir: Path | None,
-                 with_processing: bool) -> None:
+                 with_processing: bool, tpy_root: Path, tusd: Path | None) -> None:
         self.scratch = scratch
-        self.python = python
+        self.python = python  # runs the sink (this file)
         self.node_dir = node_dir
         self.with_processing = with_processing
+        # tusd-py runs from tpy_root with tpy_root/.venv when there is one: a git worktree of a
+        # fixed commit keeps measuring while the main tree is mid-edit.
+        self.tpy_root = tpy_root
+        venv = tpy_root / ".venv/bin/python"
+        self.tpy_python = str(venv) if venv.exists() else python
+        self.tusd = tusd
 
     def start(self, target: Target) -> Running:
         port = free_port()
@@ -511,8 +615,13 @@ class Env:
         elif target.kind == "node":
             assert self.node_dir is not None
             cmd = ["node", str(self.node_dir / "server.mjs"), str(port), str(data)]
+        elif target.kind == "tusd":
+            assert self.tusd is not None
+            # tusdcore's defaults otherwise (file locker, 60 s network timeout), like cmd/tusd.
+            cmd = [str(self.tusd), "-host", HOST, "-port", str(port), "-base-path", "/files/",
+                   "-upload-dir", str(data)]
         else:
-            cmd = [self.python, "-m", "tusd_py", "serve", "--port", str(port),
+            cmd = [self.tpy_python, "-m", "tusd_py", "serve", "--port", str(port),
                    "--upload-dir", str(data), "--log-level", "warning", "--no-dashboard",
                    *([] if self.with_processing else ["--no-processing"]), *target.flags]
             if target.redis:
@@ -532,7 +641,8 @@ class Env:
                         time.sleep(0.025)
                 cmd += ["--redis-url", f"redis://{HOST}:{rport}/0"]
         with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, cwd=ROOT if target.kind != "node" else self.node_dir,
+            cwd = {"node": self.node_dir, "tpy": self.tpy_root}.get(target.kind, ROOT)
+            proc = subprocess.Popen(cmd, cwd=cwd,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         run = Running(target, port, proc, data, redis, log)
         try:
@@ -587,6 +697,10 @@ class Sizes:
     par_n: int
     par_size: int
     resume: int
+    slow_n: int
+    dl_files: int  # distinct uploads for the download scenario (32 GETs share them if < 32)
+    dl_size: int
+    dl_slow_s: float  # how long the 16 slow readers read
 
 
 def sc_single(run: Running, s: Sizes) -> dict[str, Any]:
@@ -762,12 +876,394 @@ def sc_resume(run: Running, s: Sizes) -> dict[str, Any]:
             "verified": verify(run, [(path, 5, size)])}
 
 
-SCENARIOS: dict[str, tuple[str, Callable[[Running, Sizes], dict[str, Any]], str]] = {
-    "single": ("one upload in a single PATCH", sc_single, "MiB/s"),
-    "chunks": ("one upload in 8 MiB PATCHes", sc_chunks, "MiB/s"),
-    "small": ("small uploads, creation-with-upload", sc_small, "uploads/s"),
-    "parallel": ("parallel single-PATCH uploads", sc_parallel, "MiB/s aggregate"),
-    "resume": ("resume after RST at 50 %", sc_resume, "s until resuming PATCH accepted"),
+# ---------------------------------------------------------------- slow clients
+
+SLOW_SIZE = 256 * 1024
+SLOW_PIECE = 8 * 1024  # one piece every SLOW_GAP: a weak mobile link (16 KiB/s)
+SLOW_GAP = 0.5
+SLOW_RAMP = 2.0  # clients start evenly over this long: no SYN flood, pieces spread over time
+PROBE_EVERY = 0.1
+SLOW_DEADLINE = 90.0  # per client, after its start: a server that stalls fails, never hangs
+
+
+def slow_body(i: int) -> bytes:
+    return struct.pack(">QQ", 5_000_000 + i, 0) + TAIL[16:SLOW_SIZE]
+
+
+async def acreate(port: int, n: int, size: int, conc: int = 32) -> list[str]:
+    """n POSTs (Upload-Length: size, no body) over `conc` keep-alive connections."""
+    it = iter(range(n))
+    paths = [""] * n
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
+        try:
+            for i in it:
+                writer.write(f"POST /files/ HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+                             f"Tus-Resumable: 1.0.0\r\nUpload-Length: {size}\r\n"
+                             f"Content-Length: 0\r\n\r\n".encode())
+                status, headers, body = await asyncio.wait_for(aread_response(reader, "POST"), 60)
+                if status != 201:
+                    raise RuntimeError(f"POST answered {status} {body[:200]!r}")
+                paths[i] = path_of(headers["location"])
+                if headers.get("connection", "").lower() == "close":
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(min(conc, n))))
+    return paths
+
+
+async def sock_response(loop: asyncio.AbstractEventLoop,
+                        sock: socket.socket) -> tuple[int, dict[str, str]]:
+    """Status and headers of one response on a raw non-blocking socket (the body is ignored:
+    the slow clients close the connection right after)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        part = await loop.sock_recv(sock, 4096)
+        if not part:
+            raise ConnectionError("closed before a response")
+        data += part
+    lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(lines[0].split()[1]), headers
+
+
+async def slow_clients(port: int, paths: list[str], probe_path: str) -> dict[str, Any]:
+    """One raw socket and one coroutine per client, absolute schedules (no drift): the client
+    spends microseconds per piece, so thousands of them cost it little next to the server."""
+    loop = asyncio.get_running_loop()
+    n = len(paths)
+    pieces = SLOW_SIZE // SLOW_PIECE
+    t0 = loop.time() + 0.1
+    ok = [False] * n
+    done_at: list[float] = []
+    errors: Counter[str] = Counter()
+    connecting = asyncio.Semaphore(256)  # connects in flight: stay far below the listen backlog
+
+    async def client(i: int) -> None:
+        start = t0 + SLOW_RAMP * i / n
+        await asyncio.sleep(start - loop.time())
+        sock = socket.socket()
+        sock.setblocking(False)
+        try:
+            async with connecting:
+                await loop.sock_connect(sock, (HOST, port))
+            body = slow_body(i)
+            head = (f"PATCH {paths[i]} HTTP/1.1\r\nHost: {HOST}:{port}\r\nTus-Resumable: 1.0.0\r\n"
+                    f"Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+                    f"Content-Length: {SLOW_SIZE}\r\n\r\n").encode()
+            for j in range(pieces):
+                await asyncio.sleep(start + j * SLOW_GAP - loop.time())
+                piece = body[j * SLOW_PIECE:(j + 1) * SLOW_PIECE]
+                await loop.sock_sendall(sock, head + piece if j == 0 else piece)
+            status, headers = await sock_response(loop, sock)
+            if status != 204 or headers.get("upload-offset") != str(SLOW_SIZE):
+                errors[f"PATCH {status} offset={headers.get('upload-offset')}"] += 1
+                return
+            ok[i] = True
+            done_at.append(loop.time() - t0)
+        finally:
+            sock.close()
+
+    async def bounded(i: int) -> None:
+        try:
+            await asyncio.wait_for(client(i), SLOW_RAMP + pieces * SLOW_GAP + SLOW_DEADLINE)
+        except TimeoutError:
+            errors["timeout"] += 1
+        except (OSError, ConnectionError) as e:
+            errors[type(e).__name__] += 1
+
+    stop = asyncio.Event()
+    lat: list[float] = []
+    probe_errors: Counter[str] = Counter()
+
+    async def probe() -> None:
+        """HEAD of an idle upload every 100 ms on its own keep-alive connection: what a client
+        that merely asks for an offset waits while the server carries the slow clients."""
+        req = (f"HEAD {probe_path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+               f"Tus-Resumable: 1.0.0\r\n\r\n").encode()
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
+        at = t0
+        while not stop.is_set():
+            await asyncio.sleep(at - loop.time())
+            t = time.perf_counter()  # uvloop's loop.time() has 1 ms resolution
+            try:
+                if reader is None or writer is None:
+                    reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 10)
+                writer.write(req)
+                status, headers, _ = await asyncio.wait_for(aread_response(reader, "HEAD"), 10)
+                if status != 200:
+                    probe_errors[f"HEAD {status}"] += 1
+                if headers.get("connection", "").lower() == "close":
+                    writer.close()
+                    reader = writer = None
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as e:
+                probe_errors[type(e).__name__] += 1
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+            lat.append(time.perf_counter() - t)
+            at = max(at + PROBE_EVERY, loop.time())  # late: go now, but never burst to catch up
+        if writer is not None:
+            writer.close()
+
+    probe_task = asyncio.create_task(probe())
+    await asyncio.gather(*(bounded(i) for i in range(n)))
+    stop.set()
+    await probe_task
+    lat.sort()
+    q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))] * 1000 if lat else float("nan")  # noqa: E731
+    return {"ok": ok, "errors": errors, "probe_p50": q(0.50), "probe_p99": q(0.99),
+            "probes": len(lat), "probe_errors": probe_errors,
+            "last_s": max(done_at) if done_at else float("nan")}
+
+
+def sc_slow(run: Running, s: Sizes) -> dict[str, Any]:
+    async def setup() -> tuple[list[str], str]:
+        paths = await acreate(run.port, s.slow_n, SLOW_SIZE)
+        return paths, (await acreate(run.port, 1, 1024, conc=1))[0]
+
+    paths, probe_path = run_async(setup())
+    # 100 ms samples: the tree walk is one /proc read per thread, and the sink has thousands.
+    with Sampler(run.roots, interval=0.1) as smp:
+        r = run_async(slow_clients(run.port, paths, probe_path))
+    done = [(i, p) for i, p in enumerate(paths) if r["ok"][i]]
+    verified = "n/a (sink)"
+    if run.target.kind == "node":
+        bad = sum((run.data_dir / p.rsplit("/", 1)[-1]).read_bytes() != slow_body(i)
+                  for i, p in done)
+        verified = f"bytes ok {len(done) - bad}/{len(done)} (datastore files)"
+    elif run.target.verifiable:
+        bad = run_async(verify_bodies(run.port, done, slow_body, 32))
+        verified = f"bytes ok {len(done) - bad}/{len(done)}"
+    notes = [f"{k} x{v}" for k, v in sorted(r["errors"].items())]
+    notes += [f"probe {k} x{v}" for k, v in sorted(r["probe_errors"].items())]
+    return {"value": len(done), "completed": float(len(done)), "probe_p50": r["probe_p50"],
+            "probe_p99": r["probe_p99"], "last_s": r["last_s"], "probes": r["probes"],
+            "bytes": len(done) * SLOW_SIZE or 1, "smp": smp, "verified": verified,
+            "note": "; ".join(notes)}
+
+
+# ---------------------------------------------------------------- downloads
+
+_CRCS: dict[tuple[int, int], int] = {}
+
+
+def expected_crc32(upload: int, size: int) -> int:
+    """crc32, not sha256, for downloads: the client hashes GiB/s there, and sha256 (~1.3 GB/s
+    here) would cap the measurement; crc32 still checks every byte against known content."""
+    key = (upload, size)
+    if key not in _CRCS:
+        crc = 0
+        for chunk in blocks(upload, 0, size):
+            crc = zlib.crc32(chunk, crc)
+        _CRCS[key] = crc
+    return _CRCS[key]
+
+
+def upload_many(port: int, uploads: list[int], size: int, conc: int) -> list[str]:
+    """Setup (not measured): one single-PATCH upload per number, `conc` at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(upload: int) -> str:
+        c = Conn(port, timeout=120)
+        try:
+            path = create(c, size)
+            patch(c, path, upload, 0, size)
+            return path
+        finally:
+            c.close()
+
+    with ThreadPoolExecutor(conc) as pool:
+        return list(pool.map(one, uploads))
+
+
+def get_verified(port: int, path: str, upload: int, size: int, buf: bytearray) -> None:
+    c = Conn(port, timeout=60)
+    try:
+        c.send_head("GET", path, {})
+        status, headers = c.read_head()
+        if status != 200:
+            raise RuntimeError(f"GET {path} answered {status}")
+        crc = n = 0
+        for chunk in c.body_chunks(headers, buf):
+            crc = zlib.crc32(chunk, crc)  # releases the GIL: the readers run in parallel
+            n += len(chunk)
+        if n != size or crc != expected_crc32(upload, size):
+            raise RuntimeError(f"GET {path}: {n} bytes, crc32 {crc:08x} differs")
+    finally:
+        c.close()
+
+
+def parallel_gets(port: int, items: list[tuple[str, int]], size: int) -> float:
+    """All GETs start at once (a barrier); aggregate MiB/s until the last one ends."""
+    barrier = threading.Barrier(len(items) + 1, timeout=60)
+    ends = [0.0] * len(items)
+    errors: list[str] = []
+
+    def one(k: int) -> None:
+        buf = bytearray(MiB)
+        path, upload = items[k]
+        try:
+            barrier.wait()
+            get_verified(port, path, upload, size, buf)
+        except Exception as e:
+            errors.append(repr(e))
+        ends[k] = time.perf_counter()
+
+    threads = [threading.Thread(target=one, args=(k,), daemon=True) for k in range(len(items))]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join(300)
+    if errors or any(t.is_alive() for t in threads):
+        raise RuntimeError(f"{len(errors)} of {len(items)} GETs failed: {errors[:1]}")
+    return len(items) * size / MiB / (max(ends) - t0)
+
+
+def slow_readers(port: int, items: list[tuple[str, int]], seconds: float,
+                 step: int = 64 * 1024, pause: float = 0.2) -> tuple[int, list[str]]:
+    """Each reader takes 64 KiB, then pauses: a server that reads the file ahead of the socket
+    into memory shows it in RSS. The bytes read are compared with the expected content."""
+    deadline = time.monotonic() + seconds
+    got = [0] * len(items)
+    errors: list[str] = []
+
+    def one(k: int) -> None:
+        path, upload = items[k]
+        c = Conn(port, timeout=30)
+        # A small receive buffer, set before the data flows: the kernel does not soak up
+        # megabytes on the reader's behalf, so the server has to hold what it has read.
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        try:
+            c.send_head("GET", path, {})
+            status, headers = c.read_head()
+            if status != 200:
+                raise RuntimeError(f"GET answered {status}")
+            exp = bytearray(TAIL)
+            pending = 0
+            for chunk in c.body_chunks(headers, bytearray(step)):
+                want = b"".join(blocks(upload, got[k], got[k] + len(chunk), exp))
+                if chunk != want:
+                    raise RuntimeError(f"slow reader: bytes at {got[k]} differ")
+                got[k] += len(chunk)
+                pending += len(chunk)
+                if pending >= step:
+                    pending = 0
+                    if time.monotonic() >= deadline:
+                        break
+                    time.sleep(pause)
+        except Exception as e:
+            errors.append(repr(e))
+        finally:
+            c.close()  # mid-body: the server must notice and let go
+
+    threads = [threading.Thread(target=one, args=(k,), daemon=True) for k in range(len(items))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 60)
+    return sum(got), errors
+
+
+def sc_download(run: Running, s: Sizes) -> dict[str, Any]:
+    uploads = [200 + k for k in range(s.dl_files)]
+    paths = upload_many(run.port, uploads, s.dl_size, conc=8)
+    files = list(zip(paths, uploads, strict=True))
+    row: dict[str, Any] = {"idle_before": tree_sample(run.proc.pid)[0] / MiB}
+    cpu = 0.0
+    served = 0
+    for conc in (8, 32):
+        items = [files[k % len(files)] for k in range(conc)]
+        with Sampler(run.roots) as smp:
+            mibps = parallel_gets(run.port, items, s.dl_size)
+        row[f"mibps{conc}"] = mibps
+        row[f"peak{conc}"] = smp.peak_tree / MiB
+        cpu += smp.cpu[0]
+        served += conc * s.dl_size
+    with Sampler(run.roots) as smp:
+        slow_bytes, slow_errors = slow_readers(run.port, [files[k % len(files)] for k in range(16)],
+                                               s.dl_slow_s)
+    row["peak_slow"] = smp.peak_tree / MiB
+    time.sleep(2.0)  # connections closed mid-body; give the server time to notice
+    row["idle_after"] = tree_sample(run.proc.pid)[0] / MiB
+    peaks = [row["peak8"], row["peak32"], row["peak_slow"]]
+    notes = [] if len(files) >= 32 else [f"32 GETs over {len(files)} uploads"]
+    if slow_errors:
+        notes.append(f"{len(slow_errors)} slow readers failed: {slow_errors[0][:100]}")
+    return {**row, "value": row["mibps8"], "bytes": served, "cpu_s": cpu,
+            "cpu_per_gib": cpu / (served / GiB), "peak_tree_mib": max(peaks),
+            "peak_proc_mib": float("nan"), "idle_tree_mib": row["idle_before"],
+            "slow_mib": slow_bytes / MiB,
+            "verified": f"crc32 ok {8 + 32}/{8 + 32} GETs"
+                        + ("" if slow_errors else f", {slow_bytes / MiB:.0f} MiB to slow readers"),
+            "note": "; ".join(notes)}
+
+
+@dataclasses.dataclass
+class Col:
+    """One table column: row[key] over the repetitions; `ratio`: add a "÷ tusd" column (this
+    target's median over tusd's median, in the same run)."""
+    header: str
+    key: str
+    fmt: str
+    ratio: bool = False
+
+
+TAIL_COLS = [Col("peak RSS tree MiB", "peak_tree_mib", ".0f"),
+             Col("max proc MiB", "peak_proc_mib", ".0f"),
+             Col("CPU s/GiB", "cpu_per_gib", ".2f", ratio=True)]
+
+
+@dataclasses.dataclass
+class Scenario:
+    title: str
+    fn: Callable[[Running, Sizes], dict[str, Any]]
+    cols: list[Col]
+    skip: Callable[[Target], str | None] = lambda t: None
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "single": Scenario("one upload in a single PATCH", sc_single,
+                       [Col("MiB/s", "value", ".0f", ratio=True), *TAIL_COLS]),
+    "chunks": Scenario("one upload in 8 MiB PATCHes", sc_chunks,
+                       [Col("MiB/s", "value", ".0f", ratio=True), *TAIL_COLS]),
+    "small": Scenario("small uploads, creation-with-upload", sc_small,
+                      [Col("uploads/s", "value", ".0f", ratio=True), Col("p50 ms", "p50", ".1f"),
+                       Col("p99 ms", "p99", ".1f", ratio=True), *TAIL_COLS]),
+    "parallel": Scenario("parallel single-PATCH uploads", sc_parallel,
+                         [Col("MiB/s aggregate", "value", ".0f", ratio=True), *TAIL_COLS]),
+    "resume": Scenario("resume after RST at 50 %", sc_resume,
+                       [Col("s until resuming PATCH accepted", "value", ".3f", ratio=True),
+                        Col("until HEAD 200 s", "head_s", ".3f"),
+                        Col("bytes lost", "lost", ",.0f"), *TAIL_COLS]),
+    "slow": Scenario("slow clients", sc_slow,
+                     [Col("completed", "completed", ",.0f"),
+                      Col("server CPU s", "cpu_s", ".1f", ratio=True),
+                      Col("peak RSS tree MiB", "peak_tree_mib", ".0f", ratio=True),
+                      Col("max proc MiB", "peak_proc_mib", ".0f"),
+                      Col("probe HEAD p50 ms", "probe_p50", ".1f"),
+                      Col("probe HEAD p99 ms", "probe_p99", ".1f", ratio=True),
+                      Col("last 204 s", "last_s", ".1f")]),
+    "download": Scenario("downloads (GET of finished uploads)", sc_download,
+                         [Col("8 GETs MiB/s", "value", ".0f", ratio=True),
+                          Col("32 GETs MiB/s", "mibps32", ".0f", ratio=True),
+                          Col("peak RSS 8 GETs MiB", "peak8", ".0f"),
+                          Col("peak RSS 32 GETs MiB", "peak32", ".0f", ratio=True),
+                          Col("peak RSS 16 slow readers MiB", "peak_slow", ".0f"),
+                          Col("RSS idle before MiB", "idle_before", ".0f"),
+                          Col("RSS idle after MiB", "idle_after", ".0f"),
+                          Col("CPU s/GiB", "cpu_per_gib", ".2f", ratio=True)],
+                         skip=lambda t: t.serves_get),
 }
 
 
@@ -788,6 +1284,7 @@ def make_targets(names: list[str]) -> list[Target]:
         "tpy-w2-emb-os": Target("tpy-w2-emb-os", "tusd-py --workers 2 (embedded), os", "tpy",
                                 ["--durability", "os", "--workers", "2"]),
         "tus-node": Target("tus-node", "@tus/server + file-store (no fsync)", "node"),
+        "tusd": Target("tusd", "tusd 2.10 (no fsync)", "tusd"),
     }
     unknown = [n for n in names if n not in all_targets]
     if unknown:
@@ -806,7 +1303,9 @@ def serve_sink(port: int) -> None:
 
     def handle(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        buf = bytearray(MiB)
+        # Sized by the largest body seen on this connection: thousands of slow clients with
+        # 256 KiB bodies must not cost the sink a touched MiB each.
+        buf = bytearray(0)
         pending = b""
         try:
             while True:
@@ -831,9 +1330,11 @@ def serve_sink(port: int) -> None:
                         lengths[upload_id] = int(hdr.get("upload-length", "0"))
                 got = min(len(pending), length)
                 pending = pending[got:]
+                if len(buf) < min(MiB, length - got):
+                    buf = bytearray(min(MiB, length - got))
                 try:
                     while got < length:
-                        n = sock.recv_into(buf, min(MiB, length - got))
+                        n = sock.recv_into(buf, min(len(buf), length - got))
                         if not n:
                             break
                         got += n
@@ -868,7 +1369,9 @@ def serve_sink(port: int) -> None:
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((HOST, port))
-    srv.listen(512)
+    srv.listen(4096)
+    # Thousands of slow clients are thousands of threads here: small stacks keep that cheap.
+    threading.stack_size(512 * 1024)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     while True:
         conn, _ = srv.accept()
@@ -877,7 +1380,7 @@ def serve_sink(port: int) -> None:
 
 # ---------------------------------------------------------------- machine
 
-def machine(scratch: Path, dd_mib: int) -> dict[str, str]:
+def machine(scratch: Path, dd_mib: int, tpy_root: Path) -> dict[str, str]:
     info: dict[str, str] = {"nproc": str(os.cpu_count())}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -894,7 +1397,7 @@ def machine(scratch: Path, dd_mib: int) -> dict[str, str]:
                                       check=True).stdout.strip()
     with contextlib.suppress(Exception):
         info["tusd-py commit"] = subprocess.run(
-            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            ["git", "-C", str(tpy_root), "describe", "--always", "--dirty"],
             capture_output=True, text=True, check=True).stdout.strip()
     out = scratch / "dd.bin"
     for label, extra in (("disk write, page cache (dd, 2 runs)", []),
@@ -925,6 +1428,18 @@ def fmt_range(values: list[float], fmt: str) -> str:
     return f"{format(med, fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
 
 
+def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    vals = [float(r[key]) for r in runs if r.get(key) is not None and r[key] == r[key]]
+    return statistics.median(vals) if vals else None
+
+
+def ratio_cell(runs: list[dict[str, Any]], ref: list[dict[str, Any]], key: str) -> str:
+    mine, theirs = median_of(runs, key), median_of(ref, key)
+    if mine is None or not theirs:
+        return "-"
+    return f"{mine / theirs:.2f}"
+
+
 def report(results: dict[str, dict[str, list[dict[str, Any]]]], targets: list[Target],
            sizes: Sizes, info: dict[str, str], meta: dict[str, str]) -> str:
     out: list[str] = []
@@ -937,18 +1452,23 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]], targets: list[Ta
     for k, v in info.items():
         w(f"| {k} | {v} |")
     w(f"| load average at start / end | {meta['load_start']} / {meta['load_end']} |")
-    w(f"| peer | {meta.get('peer', 'not run')} |")
+    w(f"| peers | {meta.get('peer', 'not run')} |")
     w("")
-    w("Loopback only; one client process (raw sockets, 1 MiB `sendall`; asyncio streams on uvloop "
-      "for small uploads). Every target is started fresh (by PID, new upload dir) for every "
-      "scenario and repetition; targets are interleaved in rotating order. Peak RSS is summed over "
-      "the server's whole process tree (uvicorn workers included; Redis is not in the tree — its "
+    w("Loopback only; one client process (raw sockets, 1 MiB `sendall`; asyncio on uvloop for "
+      "small uploads and slow clients). Every target is started fresh (by PID, new upload dir) "
+      "for every scenario and repetition; targets are interleaved in rotating order, so only "
+      "ratios within this run mean anything (2 shared cores). Peak RSS is summed over the "
+      "server's whole process tree (uvicorn workers included; Redis is not in the tree — its "
       "CPU is listed separately); \"max proc\" is the largest single process. CPU is user+system "
-      "seconds of the tree during the measured window, per GiB of upload data. Every stored byte "
-      "is verified by sha256 of a GET after each repetition; a mismatch or error is a FAIL row. "
-      "tusd-py runs with `--no-processing --no-dashboard` (the peers do not hash/link/thumbnail "
-      "finished uploads). `fsync` = bytes fdatasync'd before each committed offset; `os` and "
-      "@tus/server trust the page cache.\n")
+      "seconds of the tree (/proc/<pid>/stat) during the measured window, per GiB of data. "
+      "Every stored byte is verified after each repetition (sha256 of a GET; @tus/server: its "
+      "datastore files, as it exits on GETs; downloads: crc32 of every byte received); a "
+      "mismatch or error is a FAIL row. tusd-py runs with `--no-processing --no-dashboard` "
+      "(the peers do not hash/link/thumbnail finished uploads) and `--log-level warning`; "
+      "tusdcore has no log-level flag and logs every request to its log file, like `cmd/tusd`. "
+      "`fsync` = bytes fdatasync'd before each committed offset; `os`, @tus/server and tusd "
+      "trust the page cache. \"÷ tusd\" = this target's median / tusd's median (for s, ms, "
+      "MiB and CPU lower is better; for MiB/s and uploads/s higher is better).\n")
     human = lambda n: f"{n / GiB:g} GiB" if n >= GiB else f"{n / MiB:g} MiB"  # noqa: E731
     sizes_text = {
         "single": f"one {human(sizes.big)} upload, one PATCH",
@@ -961,44 +1481,98 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]], targets: list[Ta
                   f"{human(sizes.resume // 2)}; wait = RST → 204 of the resuming PATCH (HEAD, then "
                   f"PATCH of the next 64 KiB from the HEAD offset; 423/409 retried every 2 ms); "
                   f"lost = bytes the client had handed to send() - HEAD offset. Up to ~4 MiB sit "
-                  f"in "
-                  f"the client's send queue plus a few MiB in the server's receive queue at the "
+                  f"in the client's send queue plus a few MiB in the server's receive queue at the "
                   f"RST (results.json has a snapshot of both); the sink, which reads until the "
                   f"error, shows how much of that a server can still keep",
+        "slow": f"{sizes.slow_n:,} concurrent uploads (created first, not measured), each "
+                f"{SLOW_SIZE // 1024} KiB as one PATCH whose body arrives in "
+                f"{SLOW_PIECE // 1024} KiB pieces every {SLOW_GAP:g} s (a weak mobile link; "
+                f"{SLOW_SIZE // SLOW_PIECE} pieces, ~{SLOW_SIZE // SLOW_PIECE * SLOW_GAP:g} s "
+                f"each), one connection per upload, starts spread over {SLOW_RAMP:g} s; meanwhile "
+                f"a HEAD of another (idle) upload every {PROBE_EVERY * 1000:.0f} ms on its own "
+                f"keep-alive connection. CPU s = the server tree's CPU over the whole window; "
+                f"completed = 204 with the full offset; verified = GET (or file) bytes equal",
+        "download": f"{sizes.dl_files} finished uploads of {human(sizes.dl_size)} (uploaded "
+                    f"first, not measured); then 8 and 32 concurrent GETs (MiB/s aggregate, "
+                    f"first byte to last; 32 GETs over {min(sizes.dl_files, 32)} distinct "
+                    f"uploads); then 16 slow readers (64 KiB, 0.2 s pause, 64 KiB receive buffer) "
+                    f"for {sizes.dl_slow_s:g} s, closed mid-body; idle after = tree RSS 2 s later. "
+                    f"Targets that cannot serve GET are skipped",
     }
+    tusd_key = next((t.key for t in targets if t.kind == "tusd"), None)
+
+    # Summary: the headline figure of every scenario, one column per target.
+    w("## Summary\n")
+    w("Median of the repetitions; in brackets the ratio to tusd in this run.\n")
+    w("| scenario | " + " | ".join(t.label for t in targets) + " |")
+    w("|---|" + "---|" * len(targets))
     for sc, per_target in results.items():
-        title, _, unit = SCENARIOS[sc]
-        w(f"## {title}\n")
+        spec = SCENARIOS[sc]
+        keys = {"slow": ["completed", "cpu_s", "peak_tree_mib", "probe_p99"],
+                "download": ["value", "mibps32", "peak_slow", "idle_after"]}.get(
+                    sc, [spec.cols[0].key, "cpu_per_gib"])
+        heads = [next(c for c in spec.cols if c.key == k) for k in keys]
+        ref = per_target.get(tusd_key, []) if tusd_key else []
+        ref = [r for r in ref if "error" not in r and "skipped" not in r]
+        for col in heads:
+            cells = []
+            for t in targets:
+                ok = [r for r in per_target.get(t.key, []) if "error" not in r
+                      and "skipped" not in r]
+                if not ok:
+                    bad = per_target.get(t.key, [])
+                    cells.append("skipped" if bad and "skipped" in bad[0] else
+                                 "**FAIL**" if bad else "-")
+                    continue
+                med = median_of(ok, col.key)
+                cell = format(med, col.fmt) if med is not None else "-"
+                if ref and t.key != tusd_key:
+                    cell += f" ({ratio_cell(ok, ref, col.key)})"
+                cells.append(cell)
+            w(f"| {spec.title}: {col.header} | " + " | ".join(cells) + " |")
+    w("")
+
+    for sc, per_target in results.items():
+        spec = SCENARIOS[sc]
+        w(f"## {spec.title}\n")
         w(f"{sizes_text[sc]}.\n")
-        extra_cols = {"small": ["p50 ms", "p99 ms"],
-                      "resume": ["until HEAD 200 s", "bytes lost"]}
-        cols = [unit, *extra_cols.get(sc, []), "peak RSS tree MiB", "max proc MiB",
-                "CPU s/GiB", "verified", "notes"]
-        w("| target | " + " | ".join(cols) + " |")
-        w("|---|" + "---|" * len(cols))
+        ref = [r for r in per_target.get(tusd_key or "", [])
+               if "error" not in r and "skipped" not in r]
+        headers: list[str] = []
+        for c in spec.cols:
+            headers.append(c.header)
+            if c.ratio and ref:
+                headers.append("÷ tusd")
+        headers += ["verified", "notes"]
+        w("| target | " + " | ".join(headers) + " |")
+        w("|---|" + "---|" * len(headers))
         for t in targets:
             runs = per_target.get(t.key, [])
-            ok = [r for r in runs if "error" not in r]
+            skipped = [r for r in runs if "skipped" in r]
+            ok = [r for r in runs if "error" not in r and "skipped" not in r]
             fails = [r for r in runs if "error" in r]
+            if skipped and not ok and not fails:
+                w(f"| {t.label} | " + " | ".join(["-"] * (len(headers) - 1))
+                  + f" | {skipped[0]['skipped']} |")
+                continue
             if not ok:
                 err = fails[0]["error"] if fails else "not run"
-                w(f"| {t.label} | **FAIL** | " + " | ".join(["-"] * (len(cols) - 3))
+                w(f"| {t.label} | **FAIL** | " + " | ".join(["-"] * (len(headers) - 3))
                   + f" | **FAIL** | {err[:160]} |")
                 continue
-            fmt = ".3f" if sc == "resume" else ".0f"
-            cells = [f"**{fmt_range([r['value'] for r in ok], fmt)}**"]
-            if sc == "small":
-                cells += [fmt_range([r["p50"] for r in ok], ".1f"),
-                          fmt_range([r["p99"] for r in ok], ".1f")]
-            if sc == "resume":
-                cells += [fmt_range([r["head_s"] for r in ok], ".3f"),
-                          fmt_range([float(r["lost"]) for r in ok], ",.0f")]
-            cells += [fmt_range([r["peak_tree_mib"] for r in ok], ".0f"),
-                      fmt_range([r["peak_proc_mib"] for r in ok], ".0f")]
-            cpu = fmt_range([r["cpu_per_gib"] for r in ok], ".2f")
-            if any(r.get("redis_cpu_per_gib") is not None for r in ok):
-                cpu += " + Redis " + fmt_range([r["redis_cpu_per_gib"] for r in ok], ".2f")
-            cells.append(cpu)
+            cells = []
+            for i, c in enumerate(spec.cols):
+                vals = [float(r[c.key]) for r in ok
+                        if r.get(c.key) is not None and r[c.key] == r[c.key]]
+                cell = fmt_range(vals, c.fmt)
+                if i == 0:
+                    cell = f"**{cell}**"
+                if c.key == "cpu_per_gib" and any(r.get("redis_cpu_per_gib") is not None
+                                                  for r in ok):
+                    cell += " + Redis " + fmt_range([r["redis_cpu_per_gib"] for r in ok], ".2f")
+                cells.append(cell)
+                if c.ratio and ref:
+                    cells.append(ratio_cell(ok, ref, c.key) if t.key != tusd_key else "1")
             verified = sorted({r["verified"] for r in ok})
             cells.append(f"{'; '.join(verified)} x{len(ok)}"
                          + (f", **{len(fails)} FAIL**" if fails else ""))
@@ -1040,11 +1614,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="512 MiB single/chunks, 16 x 64 MiB parallel, 1,000 small, 256 MiB resume")
+                    help="512 MiB single/chunks, 8 x 64 MiB parallel, 256 MiB resume, downloads "
+                         "over 8 uploads of 128 MiB (slow clients unchanged: --slow-clients)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--targets",
-                    default="sink,tpy-fsync,tpy-os,tpy-redis,tpy-w2,tpy-w2-emb,tus-node",
-                    help="comma list (also: tpy-w2-os, tpy-w2-emb, tpy-w2-emb-os)")
+                    default="sink,tpy-fsync,tpy-os,tpy-w2-emb,tpy-w2,tus-node,tusd",
+                    help="comma list (also: tpy-redis, tpy-w2-os, tpy-w2-emb-os); tusd is "
+                         "dropped from the default list when --tusd does not exist")
+    ap.add_argument("--tusd", type=Path, default=DEFAULT_TUSD,
+                    help="tusd binary (tusdcore or cmd/tusd; needs -host -port -base-path "
+                         "-upload-dir); default: %(default)s when it exists")
+    ap.add_argument("--tpy-root", type=Path, default=ROOT,
+                    help="tusd-py tree to run (its .venv when it has one): e.g. a `git worktree "
+                         "add /tmp/bench-tree HEAD` while the main tree is being edited")
+    ap.add_argument("--slow-clients", type=int, default=3000, metavar="N",
+                    help="concurrent uploads in the slow-clients scenario")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "tusd-py-bench")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
@@ -1062,11 +1646,19 @@ def main() -> None:
 
     if args.quick:
         sizes = Sizes(big=512 * MiB, chunk=8 * MiB, small_n=1000, small_size=64 * 1024,
-                      small_conc=32, par_n=16, par_size=64 * MiB, resume=256 * MiB)
+                      small_conc=32, par_n=8, par_size=64 * MiB, resume=256 * MiB,
+                      slow_n=args.slow_clients, dl_files=8, dl_size=128 * MiB, dl_slow_s=4.0)
     else:
-        sizes = Sizes(big=2 * GiB, chunk=8 * MiB, small_n=2000, small_size=64 * 1024,
-                      small_conc=32, par_n=16, par_size=256 * MiB, resume=1 * GiB)
+        sizes = Sizes(big=1 * GiB, chunk=8 * MiB, small_n=1000, small_size=64 * 1024,
+                      small_conc=32, par_n=8, par_size=128 * MiB, resume=512 * MiB,
+                      slow_n=args.slow_clients, dl_files=32, dl_size=128 * MiB, dl_slow_s=6.0)
     target_names = args.targets.split(",")
+    tusd_ok = args.tusd.is_file() and os.access(args.tusd, os.X_OK)
+    if "tusd" in target_names and not tusd_ok:
+        if args.targets != ap.get_default("targets"):
+            raise SystemExit(f"target tusd: no executable at {args.tusd} (--tusd PATH)")
+        print(f"# tusd not found at {args.tusd}: running without it (--tusd PATH)", flush=True)
+        target_names.remove("tusd")
     scenarios = args.scenarios.split(",")
     if args.profile:
         tname, _, sc = args.profile.partition(":")
@@ -1083,11 +1675,17 @@ def main() -> None:
     node_dir, peer = None, "not run"
     if any(t.kind == "node" for t in targets):
         node_dir, peer = install_node_peer(args.scratch, args.reinstall_node)
-    env = Env(run_dir, python, node_dir, args.with_processing)
+    if "tusd" in target_names:
+        peer = ("" if peer == "not run" else peer + "; ") + f"tusd: {args.tusd} (sha256 " \
+            f"{file_sha256(args.tusd)[0][:12]})"
+    env = Env(run_dir, python, node_dir, args.with_processing, args.tpy_root.resolve(),
+              args.tusd.resolve() if tusd_ok else None)
+    raise_nofile(sizes.slow_n)
 
     t_start = time.monotonic()
     load_start = loadavg()
-    info = {} if args.profile else machine(run_dir, 1024 if not args.quick else 512)
+    info = {} if args.profile else machine(run_dir, 1024 if not args.quick else 512,
+                                           args.tpy_root)
     print("# machine: " + "; ".join(f"{k}: {v}" for k, v in info.items()), flush=True)
     print("# precomputing expected sha256 ...", flush=True)
     for sc in scenarios:
@@ -1100,6 +1698,9 @@ def main() -> None:
                 expected_sha256(100 + i, sizes.par_size)
         elif sc == "resume":
             expected_sha256(5, sizes.resume)
+        elif sc == "download":
+            for k in range(sizes.dl_files):
+                expected_crc32(200 + k, sizes.dl_size)
 
     results: dict[str, dict[str, list[dict[str, Any]]]] = {sc: {} for sc in scenarios}
     for rep in range(args.reps):
@@ -1109,6 +1710,11 @@ def main() -> None:
                 label = f"[rep {rep + 1}/{args.reps}] {sc:8s} {t.key:10s}"
                 row: dict[str, Any]
                 spy = None
+                why = SCENARIOS[sc].skip(t)
+                if why:
+                    results[sc].setdefault(t.key, []).append({"skipped": why})
+                    print(f"{label} skipped: {why}", flush=True)
+                    continue
                 try:
                     run = env.start(t)
                 except Exception as e:
@@ -1124,26 +1730,27 @@ def main() -> None:
                              "--subprocesses", "--gil", "-r", "250", "-f", "raw", "-o", str(raw)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                         time.sleep(1.5)
-                    _, fn, _ = SCENARIOS[sc]
-                    res = fn(run, sizes)
-                    smp: Sampler = res.pop("smp")
-                    gib = res["bytes"] / GiB
-                    row = {**res, "peak_tree_mib": smp.peak_tree / MiB,
-                           "peak_proc_mib": smp.peak_proc / MiB,
-                           "idle_tree_mib": smp.idle_tree / MiB,
-                           "cpu_s": smp.cpu[0], "cpu_per_gib": smp.cpu[0] / gib,
-                           "redis_cpu_per_gib": smp.cpu[1] / gib if len(smp.cpu) > 1 else None}
+                    res = SCENARIOS[sc].fn(run, sizes)
+                    row = res
+                    if "smp" in res:  # one measured window (download accounts for its own)
+                        smp: Sampler = res.pop("smp")
+                        gib = res["bytes"] / GiB
+                        row = {**res, "peak_tree_mib": smp.peak_tree / MiB,
+                               "peak_proc_mib": smp.peak_proc / MiB,
+                               "idle_tree_mib": smp.idle_tree / MiB,
+                               "cpu_s": smp.cpu[0], "cpu_per_gib": smp.cpu[0] / gib,
+                               "redis_cpu_per_gib": smp.cpu[1] / gib if len(smp.cpu) > 1
+                               else None}
                     extra = ""
-                    if sc == "small":
-                        extra = f" p50 {row['p50']:.1f} ms p99 {row['p99']:.1f} ms"
                     if sc == "resume":
                         extra = (f" lost {row['lost']:,} B (client unsent {row['unsent']:,}, "
                                  f"server rx queue {row['server_rx']:,}) ({row.get('note')})")
-                    print(f"{label} {row['value']:10.3f} {SCENARIOS[sc][2]}{extra}  "
-                          f"rss {row['idle_tree_mib']:.0f}->{row['peak_tree_mib']:.0f} MiB "
-                          f"(max proc {row['peak_proc_mib']:.0f})  "
-                          f"cpu {row['cpu_per_gib']:.2f} s/GiB"
-                          f"  {row['verified']}", flush=True)
+                    if row.get("note") and sc != "resume":
+                        extra = f" ({row['note'][:200]})"
+                    cols = "  ".join(f"{c.header} {format(float(row[c.key]), c.fmt)}"
+                                     for c in SCENARIOS[sc].cols if row.get(c.key) is not None)
+                    print(f"{label} {cols}  rss idle {row['idle_tree_mib']:.0f} MiB  "
+                          f"{row['verified']}{extra}", flush=True)
                 except Exception as e:
                     row = {"error": f"{type(e).__name__}: {e}"}
                     print(f"{label} FAIL {row['error'][:300]}", flush=True)
@@ -1163,7 +1770,7 @@ def main() -> None:
                     # run make ext4 scan its recently deleted inodes on every create (for
                     # ~30 s): measured here, that run then does 300-400 uploads/s instead of
                     # 700-1300. Those dirs are removed when the suite ends.
-                    env.stop(run, keep_files=sc == "small")
+                    env.stop(run, keep_files=sc in ("small", "slow"))
                 results[sc].setdefault(t.key, []).append(row)
                 if spy is not None:
                     if raw.exists():
