@@ -11,13 +11,14 @@ import time
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from PIL import Image
 
-from ._reduce import Accumulator, normalise, resize, shrink, to_output_mode
+from ._reduce import Accumulator, resize, shrink, to_output_mode
+from ._rows import band_rows, image_bands, reduce_bands
 from ._tiff import TiffDecoder, TiffError, choose_level, describe, levels, run_tasks
 from ._tiffio import TiffFormatError, read_structure
 from .sniff import sniff
@@ -26,13 +27,22 @@ log = logging.getLogger("thumbnailer")
 
 DEFAULT_SIZES = (256, 1024)
 DEFAULT_MAX_PIXELS = 1_000_000_000
-# Formats other than TIFF are decoded whole (JPEG after DCT scaling): cap the decoded size.
-FULL_DECODE_MAX_PIXELS = 64_000_000
+# Whatever is decoded whole (a JPEG after DCT scaling, a HEIF/AVIF image, a GIF, WebP or BMP, a
+# PNG when libspng is missing) may use this much memory for its decode buffers: with the
+# interpreter, Pillow and the output that keeps a run under 100 MB of peak RSS. TIFFs and
+# PNGs are decoded in bands and are not limited by it.
+DEFAULT_DECODE_MB = 64
+DECODE_FLAG = "--max-decode-mb"
+# Bytes of memory per pixel that Pillow's decoders use, beyond the image itself (4 bytes a
+# pixel for RGB): WebP decodes into a canvas, copies it to bytes and then into the image.
+PILLOW_EXTRA_BYTES = {"webp": 8.0}
+# PNGs up to this many pixels are decoded whole by Pillow (exact and fastest when small).
+PNG_WHOLE_MAX_PIXELS = 4_000_000
 # JPEG files up to this size are read whole and decoded by TurboJPEG (when loadable) at any
 # M/8 scale; larger ones are streamed through Pillow's decoder.
 TURBO_MAX_FILE_BYTES = 32 << 20
 OVERLAP_MAX_PIXELS = 4_000_000  # accumulator size up to which thumbnail sizes overlap
-FORMATS = ("tiff", "jpeg", "png", "webp", "gif", "bmp")
+FORMATS = ("tiff", "jpeg", "png", "webp", "gif", "bmp", "heif", "avif")
 EXTENSIONS = {"jpeg": "jpg", "webp": "webp"}
 TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -96,6 +106,7 @@ def make_thumbnails(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     *,
     workers: int | None = None,
+    max_decode_mb: int = DEFAULT_DECODE_MB,
 ) -> dict[str, Any]:
     """Write `thumb-<N>.<ext>` into out_dir for each size; return the metadata dict."""
     t0 = time.monotonic()
@@ -113,12 +124,19 @@ def make_thumbnails(
             if not p.is_file():
                 raise ImageError(f"{p}: no such file")
             raise ImageError(f"{p}: not a supported image (unknown format)")
+        limit = max_decode_mb << 20
+        oriented = False
         if kind == "tiff":
             meta, acc_img, box, icc, soft = _tiff(p, sizes, max_pixels, workers)
+        elif kind in ("heif", "avif"):
+            meta, acc_img, box, icc, soft, oriented = _heif(p, kind, sizes, max_pixels, limit,
+                                                            workers)
+        elif kind == "png":
+            meta, acc_img, box, icc, soft = _png(p, sizes, max_pixels, limit)
         else:
-            meta, acc_img, box, icc, soft = _pillow(p, kind, sizes, max_pixels)
+            meta, acc_img, box, icc, soft = _pillow(p, kind, sizes, max_pixels, limit)
         meta["thumbnails"] = _write(p, out_dir, acc_img, box, icc, meta, sizes, fmt, workers,
-                                    soft)
+                                    soft, oriented)
     except ImageError:
         raise
     except (TiffError, TiffFormatError) as e:
@@ -142,7 +160,7 @@ def _reason(e: BaseException) -> str:
 def _check_cap(p: Path, w: int, h: int, max_pixels: int) -> None:
     if w * h > max_pixels:
         raise ImageError(f"{p}: image is {w}x{h} = {w * h / 1e6:.0f} Mpx, over the "
-                         f"{max_pixels / 1e6:.0f} Mpx cap")
+                         f"{max_pixels / 1e6:.0f} Mpx cap (--max-pixels)")
 
 
 def _base_meta(fmt: str, w: int, h: int, mode: str, bits: int) -> dict[str, Any]:
@@ -222,7 +240,7 @@ def _tiff(p: Path, sizes: list[int], max_pixels: int, workers: int) -> Result:
     return meta, img, box, icc, soft
 
 
-def _pillow(p: Path, kind: str, sizes: list[int], max_pixels: int) -> Result:
+def _pillow(p: Path, kind: str, sizes: list[int], max_pixels: int, limit: int) -> Result:
     with _pillow_open(p) as im:
         fmt = (im.format or kind).lower()
         if fmt == "mpo":
@@ -248,7 +266,7 @@ def _pillow(p: Path, kind: str, sizes: list[int], max_pixels: int) -> Result:
         t1 = time.monotonic()
         turbo = None
         if fmt == "jpeg" and im.mode in ("RGB", "L"):
-            turbo = _turbo_jpeg(p, W, H, tw, th)
+            turbo = _turbo_jpeg(p, W, H, tw, th, limit)
         if turbo is not None:
             img, sw, sh, m = turbo
             dw, dh = img.size
@@ -262,30 +280,193 @@ def _pillow(p: Path, kind: str, sizes: list[int], max_pixels: int) -> Result:
                     path = "jpeg-draft"
             dw, dh = im.size
             sw, sh = dw, dh
-            _check_decode(p, fmt, W, H, dw, dh)
+            _check_decode(p, fmt, W, H, _pillow_cost(im, fmt), limit)
             im.load()
-            img = normalise(im)
-        k = shrink_factor(sw, sh, tw, th)
-        # a copy when that is the opened image itself, which closes below
-        out = img.reduce(k) if k > 1 else img.copy() if img is im else img
-        reduction = round(W / (sw / k), 3)
+        if turbo is None:
+            # cut into bands: converting the whole image (palette, alpha) would double it
+            k = shrink_factor(sw, sh, tw, th)
+            out, bx = reduce_bands(image_bands(im, band_rows(dw, k, 4)), dw, dh, (tw, th))
+        else:
+            k = shrink_factor(sw, sh, tw, th)
+            out = img.reduce(k) if k > 1 else img
+            bx = (0.0, 0.0, sw / k, sh / k)
+        reduction = round(W / bx[2], 3)
         _event("thumbnail.plan", file=str(p), path=path, decoded_width=dw, decoded_height=dh,
-               decoder="turbojpeg" if turbo else "pillow", shrink=k, reduction=reduction)
+               decoder="turbojpeg" if turbo else "pillow", reduction=reduction)
         _event("thumbnail.decoded", file=str(p), seconds=round(time.monotonic() - t1, 3),
                peak_rss_mb=peak_rss_mb())
     meta["path"], meta["reduction"] = path, reduction
-    return (meta, out, (0.0, 0.0, sw / k, sh / k), icc if isinstance(icc, bytes) else None,
-            soft)
+    return meta, out, bx, icc if isinstance(icc, bytes) else None, soft
 
 
-def _check_decode(p: Path, fmt: str, W: int, H: int, dw: int, dh: int) -> None:
-    if dw * dh > FULL_DECODE_MAX_PIXELS:
-        raise ImageError(f"{p}: {fmt} image is {W}x{H}; whole-image decoding is limited to "
-                         f"{FULL_DECODE_MAX_PIXELS / 1e6:.0f} Mpx for this format")
+def _pillow_cost(im: Image.Image, fmt: str) -> int:
+    """Bytes Pillow's decode of the opened image (at its current, maybe drafted, size) needs."""
+    w, h = im.size
+    per = 1 if im.mode in ("1", "L", "P") else 2 if im.mode.startswith("I;16") else 4
+    return int(w * h * (per + PILLOW_EXTRA_BYTES.get(fmt, 0.0)))
 
 
-def _turbo_jpeg(p: Path, W: int, H: int, tw: int,
-                th: int) -> tuple[Image.Image, float, float, int] | None:
+def _png(p: Path, sizes: list[int], max_pixels: int, limit: int) -> Result:
+    """PNG: the header and EXIF from the chunk list; rows through libspng in bands, or (small,
+    or libspng missing) Pillow's whole-image decode."""
+    from . import _png as png
+    from . import _spng
+
+    hd = png.read_header(p)
+    with _pillow_open(p) as im:
+        W, H = im.size
+        _check_cap(p, W, H, max_pixels)
+        meta = _base_meta("png", W, H, im.mode, hd.bit_depth)
+        meta["pages"] = int(getattr(im, "n_frames", 1))
+        dpi = im.info.get("dpi")
+        if isinstance(dpi, tuple) and len(dpi) == 2:
+            meta["dpi"] = [round(float(dpi[0]), 2), round(float(dpi[1]), 2)]
+        icc = im.info.get("icc_profile") or None
+        meta["icc"] = bool(icc)
+        meta["orientation"] = png.exif_orientation(hd.exif or im.info.get("exif"))
+        _event("thumbnail.open", file=str(p), format="png", width=W, height=H, mode=im.mode,
+               interlaced=hd.interlaced, pages=meta["pages"])
+        tw, th = target_size(W, H, sizes[-1])
+        t1 = time.monotonic()
+        banded = (W * H > PNG_WHOLE_MAX_PIXELS and _spng.available()
+                  and png.source_height(hd) >= 1)
+        if banded:
+            sh = png.source_height(hd)
+            k = shrink_factor(W, sh, tw, th)
+            _event("thumbnail.plan", file=str(p), path="banded", decoder="libspng",
+                   interlaced=hd.interlaced, shrink=k)
+            try:
+                out, bx = reduce_bands(png.bands(p, hd, band_rows(W, k, 4)), W, sh, (tw, th))
+            except _spng.PngError as e:
+                raise ImageError(f"{p}: corrupt or truncated image ({e})") from e
+            path = "banded"
+        else:
+            hint = "" if _spng.available() else \
+                "; with libspng (Debian package libspng0) it would be decoded in bands"
+            _check_decode(p, "png", W, H, _pillow_cost(im, "png"), limit, hint)
+            _event("thumbnail.plan", file=str(p), path="full", decoder="pillow")
+            im.load()
+            k = shrink_factor(W, H, tw, th)
+            out, bx = reduce_bands(image_bands(im, band_rows(W, k, 4)), W, H, (tw, th))
+            path = "full"
+        _event("thumbnail.decoded", file=str(p), seconds=round(time.monotonic() - t1, 3),
+               peak_rss_mb=peak_rss_mb())
+    meta["path"], meta["reduction"] = path, round(W / bx[2], 3)
+    return meta, out, bx, icc if isinstance(icc, bytes) else None, False
+
+
+def _heif(p: Path, kind: str, sizes: list[int], max_pixels: int, limit: int,
+          workers: int) -> tuple[dict[str, Any], Image.Image, tuple[float, float, float, float],
+                                 bytes | None, bool, bool]:
+    """HEIC (pillow-heif) or AVIF (Pillow): metadata from the boxes, then the smallest stored
+    thumbnail that covers the largest size, or the whole image decoded to packed rows and
+    reduced in bands. Returns the Result plus whether the pixels are already upright."""
+    from . import _heif as hf
+    from . import _isobmff as iso
+    from ._rows import buffer_bands
+
+    name = kind.upper()
+    file_bytes = p.stat().st_size
+    try:
+        with open(p, "rb") as f:
+            info = iso.read(f)
+    except (iso.IsoError, struct.error, IndexError) as e:
+        raise ImageError(f"{p}: corrupt or truncated {name} image ({_reason(e)})") from e
+    # what a decoder will allocate at least: the file (read whole) and the coded size
+    _check_cap(p, info.width, info.height, max_pixels)
+    _check_decode(p, kind, info.width, info.height, file_bytes, limit)
+    o = info.orientation
+    t1 = time.monotonic()
+    try:
+        if kind == "heif":
+            try:
+                heic = hf.HeicFile(p, workers)
+            except ImportError as e:
+                raise ImageError(f"{p}: HEIC/HEIF images need the pillow-heif package, "
+                                 "which is not installed") from e
+            dw, dh = heic.size  # upright: libheif applies irot/imir
+            W, H = (dh, dw) if o in (5, 6, 7, 8) else (dw, dh)
+            _check_cap(p, W, H, max_pixels)
+            meta = _base_meta(kind, W, H, heic.mode, heic.bit_depth)
+            meta["pages"] = heic.images
+            icc = heic.icc or info.icc
+            tw, th = target_size(dw, dh, sizes[-1])
+            use = next(((i, s) for i, s in heic.thumbnails()
+                        if s[0] >= tw and s[1] >= th
+                        and abs(s[0] * dh - s[1] * dw) <= max(s[0], s[1]) * max(dw, dh) / 100),
+                       None)
+            if use is not None:
+                _check_decode(p, kind, W, H, hf.decode_cost(kind, use[1][0] * use[1][1], 8,
+                                                            file_bytes), limit)
+                path = "embedded-thumbnail"
+            else:
+                _check_decode(p, kind, W, H, hf.decode_cost(kind, dw * dh, heic.bit_depth,
+                                                            file_bytes), limit)
+                path = "full"
+            _event("thumbnail.plan", file=str(p), path=path, decoder="libheif",
+                   thumbnails=len(heic.thumbnails()))
+            data, stride, mode, size = heic.decode(use[0] if use else None)
+            oriented = True
+        else:
+            from PIL import UnidentifiedImageError
+
+            try:
+                opened = _pillow_open(p).__enter__()
+            except UnidentifiedImageError as e:
+                # Pillow drops libavif's reason when its parser refuses the file
+                raise hf.HeifDecodeError("libavif cannot parse it") from e
+            except (OSError, ValueError, SyntaxError) as e:
+                raise hf.HeifDecodeError(_reason(e)) from e
+            with closing(opened) as im:
+                if im.format != "AVIF":
+                    raise ImageError(f"{p}: AVIF images need Pillow with AVIF support "
+                                     "(Pillow >= 11.3)")
+                W, H = im.size
+                _check_cap(p, W, H, max_pixels)
+                meta = _base_meta(kind, W, H, im.mode, info.bit_depth)
+                meta["pages"] = int(getattr(im, "n_frames", 1)) if info.sequence \
+                    else info.images
+                icc = im.info.get("icc_profile") or info.icc
+                _check_decode(p, kind, W, H, hf.decode_cost(kind, W * H, info.bit_depth,
+                                                            file_bytes), limit)
+                tw, th = target_size(W, H, sizes[-1])
+                path = "full"
+                _event("thumbnail.plan", file=str(p), path=path, decoder="libavif")
+                data, stride, mode, size = hf.decode_avif(im)
+                if stride == 0:  # Pillow's plugin changed: a loaded image
+                    data = data.copy()
+            oriented = False
+    except hf.HeifDecodeError as e:
+        raise ImageError(f"{p}: corrupt or truncated {name} image ({e})") from e
+    meta["orientation"] = o
+    meta["icc"] = bool(icc)
+    _event("thumbnail.open", file=str(p), format=kind, width=W, height=H, mode=meta["mode"],
+           bit_depth=meta["bit_depth"], orientation=o, pages=meta["pages"])
+    sw, sh = size
+    k = shrink_factor(sw, sh, tw, th)
+    rows = band_rows(sw, k, 4)
+    bands = image_bands(data, rows) if stride == 0 else \
+        buffer_bands(data, size, stride, mode, rows)
+    out, bx = reduce_bands(bands, sw, sh, (tw, th))
+    del data
+    _event("thumbnail.decoded", file=str(p), seconds=round(time.monotonic() - t1, 3),
+           peak_rss_mb=peak_rss_mb())
+    meta["path"] = path
+    meta["reduction"] = round(max(W, H) / max(sw, sh) * sw / bx[2], 3)
+    return meta, out, bx, icc if isinstance(icc, bytes) else None, False, oriented
+
+
+def _check_decode(p: Path, fmt: str, W: int, H: int, need: int, limit: int,
+                  hint: str = "") -> None:
+    """Refuse, before any pixel buffer exists, a decode that needs more than `limit` bytes."""
+    if need > limit:
+        raise ImageError(f"{p}: {fmt} image is {W}x{H}; decoding it needs about "
+                         f"{-(-need >> 20)} MB, over the {limit >> 20} MB limit for "
+                         f"whole-image decoding ({DECODE_FLAG}){hint}")
+
+
+def _turbo_jpeg(p: Path, W: int, H: int, tw: int, th: int,
+                limit: int) -> tuple[Image.Image, float, float, int] | None:
     """A JPEG file decoded by TurboJPEG at the smallest M/8 covering tw x th: (image, its size
     in exact scaled source pixels, M); None when TurboJPEG is not loadable or the file is
     too big to read whole (Pillow's decoder streams it)."""
@@ -309,7 +490,8 @@ def _turbo_jpeg(p: Path, W: int, H: int, tw: int,
         if not tj.picks(W, H, m):
             m = 8
         dw, dh = tj.scaled(W, m), tj.scaled(H, m)
-        _check_decode(p, "jpeg", W, H, dw, dh)
+        # the file, the decoded rows (3 bytes a pixel) and their Pillow image (4)
+        _check_decode(p, "jpeg", W, H, len(data) + 7 * dw * dh, limit)
         gray = cs == tj.CS_GRAY
         mode = "L" if gray else "RGB"
         bpp = 1 if gray else 3
@@ -365,7 +547,8 @@ def _create_temp(directory: Path, prefix: str, suffix: str) -> tuple[Path, Binar
 def _write(p: Path, out_dir: str | os.PathLike[str], acc: Image.Image,
            box: tuple[float, float, float, float], icc: bytes | None, meta: dict[str, Any],
            sizes: list[int], fmt: str, workers: int = 1,
-           soft: bool = False) -> list[dict[str, Any]]:
+           soft: bool = False, oriented: bool = False) -> list[dict[str, Any]]:
+    """`oriented`: the accumulator is already upright (libheif applied irot/imir)."""
     t0 = time.monotonic()
     img, converted = to_output_mode(acc, icc)
     keep_icc = icc if icc and not converted and acc.mode != "CMYK" else None
@@ -373,6 +556,10 @@ def _write(p: Path, out_dir: str | os.PathLike[str], acc: Image.Image,
         img = img.convert("RGB")
     W, H = meta["width"], meta["height"]
     transpose = TRANSPOSE.get(meta["orientation"])
+    if oriented:
+        if meta["orientation"] in (5, 6, 7, 8):
+            W, H = H, W
+        transpose = None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ext = EXTENSIONS[fmt]

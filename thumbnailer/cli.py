@@ -17,7 +17,13 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from ._core import DEFAULT_MAX_PIXELS, DEFAULT_SIZES, ImageError, make_thumbnails
+from ._core import (
+    DEFAULT_DECODE_MB,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_SIZES,
+    ImageError,
+    make_thumbnails,
+)
 
 EXIT_BAD_INPUT = 2
 
@@ -58,6 +64,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--format", choices=("jpeg", "webp"), default="jpeg")
     ap.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                     help="full-resolution pixel cap (default %(default)s)")
+    ap.add_argument("--max-decode-mb", type=int, default=DEFAULT_DECODE_MB,
+                    help="memory for an image that must be decoded whole (HEIF, AVIF, GIF, "
+                    "WebP, BMP, scaled JPEG) (default %(default)s)")
     ap.add_argument("--memory-mb", type=int, default=1024,
                     help="address-space limit of this process (default %(default)s)")
     ap.add_argument("--timeout", type=float, default=300.0,
@@ -159,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         _arm_timeout(args.path, args.timeout)
         meta = make_thumbnails(args.path, args.out, sizes=args.sizes or DEFAULT_SIZES,
                                fmt=args.format, max_pixels=args.max_pixels,
-                               workers=args.workers)
+                               workers=args.workers,
+                               max_decode_mb=getattr(args, "max_decode_mb", DEFAULT_DECODE_MB))
     except ImageError as e:
         return _fail(str(e))
     except _Timeout:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import struct
 
+from ._brands import brand_kind
+
 
 def sniff(path: str | os.PathLike[str]) -> str | None:
     """The image format from the file's magic bytes, or None."""
     try:
         with open(path, "rb") as f:
-            head = f.read(32)
+            head = f.read(64)
     except OSError:
         return None
     return sniff_bytes(head)
@@ -31,6 +33,8 @@ def sniff_bytes(head: bytes) -> str | None:
         return "webp"
     if head[:6] in (b"GIF87a", b"GIF89a"):
         return "gif"
+    if head[4:8] == b"ftyp":
+        return brand_kind(head)
     if head[:2] == b"BM" and len(head) >= 18:
         (dib,) = struct.unpack("<I", head[14:18])
         if dib in (12, 16, 40, 52, 56, 64, 108, 124):

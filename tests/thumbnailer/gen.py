@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+import zlib
 from pathlib import Path
 
 from PIL import Image, ImageChops, ImageDraw, ImageStat
@@ -211,3 +212,60 @@ def write_big_striped(path: Path, w: int, h: int, rows_per_strip: int = 64,
                            (262, 3, (2,)), (277, 3, (3,)), (278, 4, (rows_per_strip,)),
                            (273, otype, offs), (279, otype, counts), (284, 3, (1,))]
         wr.finish([wr.write_ifd(tags)])
+
+
+# --- PNG files of any size, streamed (the generator holds a few rows) ------------------------
+
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+         (0, 1, 1, 2))  # (x0, y0, dx, dy) of each pass
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+
+def corner_row(w: int, y: int, x0: int, dx: int, corner: int,
+               ink: bytes = b"\xff\x00\x00", paper: bytes = b"\x00\x00\xff") -> bytes:
+    """Pixels x0, x0 + dx, ... of row y of an RGB image that is `paper` except a
+    corner x corner block of `ink` at the top left."""
+    n = len(range(x0, w, dx))
+    if y >= corner:
+        return paper * n
+    k = len(range(x0, min(corner, w), dx))
+    return ink * k + paper * (n - k)
+
+
+def write_png(path: Path, w: int, h: int, row, interlace: bool = False,  # type: ignore[no-untyped-def]
+              exif: bytes | None = None, exif_after_idat: bool = False,
+              idat_size: int = 1 << 20) -> None:
+    """An 8-bit RGB PNG whose pixels x0, x0 + dx, ... of row y are row(y, x0, dx), deflated as
+    one stream (Adam7 passes take their pixels the same way)."""
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.write(_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, int(interlace))))
+        if exif is not None and not exif_after_idat:
+            f.write(_chunk(b"eXIf", exif))
+        z = zlib.compressobj(1)
+        pending = bytearray()
+
+        def put(data: bytes) -> None:
+            pending.extend(z.compress(data))
+            while len(pending) >= idat_size:
+                f.write(_chunk(b"IDAT", bytes(pending[:idat_size])))
+                del pending[:idat_size]
+
+        if not interlace:
+            for y in range(h):
+                put(b"\0" + row(y, 0, 1))
+        else:
+            for x0, y0, dx, dy in ADAM7:
+                if x0 >= w:
+                    continue
+                for y in range(y0, h, dy):
+                    put(b"\0" + row(y, x0, dx))
+        pending.extend(z.flush())
+        f.write(_chunk(b"IDAT", bytes(pending)))
+        if exif is not None and exif_after_idat:
+            f.write(_chunk(b"eXIf", exif))
+        f.write(_chunk(b"IEND", b""))

@@ -259,9 +259,10 @@ def test_cli_timeout(tmp_path: Path, tiff: Path) -> None:
 
 
 def test_cli_memory_limit(tmp_path: Path) -> None:
-    p = tmp_path / "big.png"
-    Image.new("RGB", (6000, 6000), (1, 2, 3)).save(p)
-    r = run_cli(p, "--out", tmp_path / "out", "--memory-mb", "120")
+    # a whole-image decode (GIF) allowed by --max-decode-mb but not by --memory-mb
+    p = tmp_path / "big.gif"
+    Image.new("P", (9000, 9000), 3).save(p)
+    r = run_cli(p, "--out", tmp_path / "out", "--memory-mb", "120", "--max-decode-mb", "4096")
     assert r.returncode == 2
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and "memory" in lines[0], r.stderr
