@@ -16,7 +16,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -91,12 +91,13 @@ def create_app(
               methods=["HEAD", "PATCH", "DELETE", "GET", "OPTIONS"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_page, methods=["GET"]),
         Route("/api/uploads", upload_list, methods=["GET"]),
         Route("/api/uploads/{upload_id}", upload_status, methods=["GET"]),
         Route("/api/uploads/{upload_id}/thumbnails/{name}", thumbnail, methods=["GET"]),
         Route("/api/uploads/{upload_id}/reprocess", reprocess, methods=["POST"]),
     ]
+    if settings.expose_metrics:
+        routes.append(Route(settings.metrics_path, metrics_page, methods=["GET"]))
     if settings.dashboard:
         page = _dashboard_page(settings.base_path)
 
@@ -107,6 +108,14 @@ def create_app(
             Route("/", dashboard, methods=["GET"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
+    elif settings.show_greeting:
+        greeting = (f"Welcome to tusd-py\n\nThe tus upload endpoint is {base}\n"
+                    "(the dashboard is off: --no-dashboard)\n")
+
+        async def greet(request: Request) -> Response:
+            return PlainTextResponse(greeting)
+
+        routes.append(Route("/", greet, methods=["GET"]))
     cors = cors_middleware(settings)
     middleware = [
         Middleware(ObserveMiddleware, base_path=base),

@@ -1,264 +1,175 @@
-"""`tusd-py serve | worker | thumbnail`: every flag also readable from TUSD_PY_<FLAG>."""
+"""`tusd-py serve | worker | thumbnail`: flags and TUSD_PY_* variables generated from the
+settings' declarations (tusd_py/config.py); tusd's own spellings are accepted too."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import socket
+import ssl
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from starlette.applications import Starlette
+from .config import SECTIONS, Option, Settings, options, parse_bool
 
-from storage import Backend, embedded_backend
+VERSION = "0.1.0"
+_ENV_HELP = ("Each flag can also be set with its environment variable TUSD_PY_<FLAG> "
+             "(e.g. TUSD_PY_PORT=8080); the command line wins. tusd's single-dash spellings "
+             "(-upload-dir, -hooks-http, ...) are accepted as well.")
 
-from .config import Settings
-from .ops import logs, malloc
-
-_DEFAULTS = Settings()
-_ENV_HELP = ("Each flag can also be set with the environment variable TUSD_PY_<FLAG> "
-             "(e.g. TUSD_PY_PORT=8080); the command line wins.")
-
-
-def _env(name: str, default: Any, convert: Callable[[str], Any] = str) -> Any:
-    raw = os.environ.get(f"TUSD_PY_{name.upper().replace('-', '_')}")
-    return default if raw is None else convert(raw)
-
-
-def _bool(raw: str) -> bool:
-    return raw.strip().lower() in ("1", "true", "yes", "on")
-
-
-def _sizes(raw: str) -> list[int]:
-    return [int(s) for s in raw.replace(",", " ").split()]
-
-
-def _add_storage_flags(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--upload-dir", type=Path, default=_env("upload-dir", _DEFAULTS.upload_dir, Path),
-        help="where partial files and upload state are stored")
-    add("--redis-url", default=_env("redis-url", None),
-        help="keep upload state, locks and completion jobs in Redis so several instances "
-             "can share one upload dir: redis://host:6379/0, rediss://..., unix:///path, or "
-             "redis+sentinel://host1:26379,host2:26379/mymaster (default: embedded, no Redis)")
-    add("--s3-bucket", default=_env("s3-bucket", None),
-        help="keep upload bytes in this S3 bucket (any S3-compatible server); with "
-             "--redis-url instances share nothing but Redis and the bucket, without it the "
-             "upload records are objects in the bucket too (one instance)")
-    add("--s3-endpoint", default=_env("s3-endpoint", None),
-        help="S3 endpoint URL, e.g. https://<account>.r2.cloudflarestorage.com or "
-             "http://minio:9000 (default: AWS for --s3-region)")
-    add("--s3-prefix", default=_env("s3-prefix", _DEFAULTS.s3_prefix),
-        help="key prefix of every object written (e.g. 'uploads/')")
-    add("--s3-region", default=_env("s3-region", None),
-        help="S3 region (default: AWS_DEFAULT_REGION or ~/.aws/config)")
-    add("--s3-part-size", type=int, default=_env("s3-part-size", _DEFAULTS.s3_part_size, int),
-        help="preferred multipart part size in bytes; full parts upload while the body "
-             "arrives")
-    add("--s3-min-part-size", type=int,
-        default=_env("s3-min-part-size", _DEFAULTS.s3_min_part_size, int),
-        help="smallest non-last part the server accepts (AWS: 5 MiB); set it equal to "
-             "--s3-part-size for servers that want equal parts (R2)")
-    add("--s3-max-concurrent-part-uploads", type=int,
-        default=_env("s3-max-concurrent-part-uploads",
-                     _DEFAULTS.s3_max_concurrent_part_uploads, int),
-        help="parts of one upload in flight at once (also bounds its local spool)")
-    add("--durability", choices=["fsync", "os"],
-        default=_env("durability", "fsync"),
-        help="fsync: bytes are on disk before an offset is committed (survives power loss); "
-             "os: the page cache is trusted (survives a killed process, like tusd)")
-    add("--expiration", type=float, default=_env("expiration", _DEFAULTS.expiration, float),
-        help="seconds of inactivity after which an unfinished upload is removed (0 = never)")
+# tusd flags with no tusd-py counterpart: a tusd command line that uses one fails with
+# this one line instead of argparse's "unrecognized arguments".
+TUSD_ONLY = {
+    "gcs-bucket": "Google Cloud Storage is not supported; use --s3-bucket (GCS speaks S3)",
+    "gcs-object-prefix": "Google Cloud Storage is not supported; use --s3-prefix",
+    "azure-storage": "Azure Blob Storage is not supported",
+    "azure-container-access-type": "Azure Blob Storage is not supported",
+    "hooks-plugin": "Go plugins do not exist here; use --hooks-python module:object",
+    "hooks-dir": "file hooks are not supported yet; use --hooks-http",
+    "hooks-grpc": "gRPC hooks are not supported yet; use --hooks-http",
+    "s3-transfer-acceleration": "no equivalent (set --s3-endpoint to the accelerated one)",
+    "s3-disable-content-hashes": "no equivalent (aiobotocore decides)",
+    "s3-disable-ssl": "no equivalent; give an http:// --s3-endpoint",
+    "s3-log-api-calls": "no equivalent; --log-level debug logs each part",
+    "enable-experimental-protocol": "no equivalent: the IETF draft is always served",
+    "verbose": "use --log-level debug",
+    "timeout": "use --network-timeout",
+    "upload-dir-perms": "no equivalent",
+    "dir-perms": "no equivalent (the upload dir is created 0755 by the process umask)",
+    "file-perms": "no equivalent (files are created 0644 by the process umask)",
+    "cpuprofile": "no equivalent; use py-spy",
+    "pprof-path": "no equivalent; use py-spy",
+    "expose-pprof": "no equivalent; use py-spy",
+    "request-completion-timeout": "use --shutdown-timeout",
+    "acquire-lock-timeout": "use --lock-timeout",
+    "max-size-per-request": "no equivalent",
+    "disable-ietf-draft": "no equivalent",
+}
 
 
-def _add_processing_flags(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--final-dir", type=Path, default=_env("final-dir", None, Path),
-        help="where finished uploads are placed as <namespace>/<id>/<filename> "
-             "(default: <upload-dir>/final)")
-    add("--namespace-key", default=_env("namespace-key", _DEFAULTS.namespace_key),
-        help="metadata key whose value names the namespace folder (missing: 'default')")
-    add("--processors", type=int, default=_env("processors", _DEFAULTS.processors, int),
-        help="completed uploads processed at once by this process")
-    add("--thumbnail-size", type=int, action="append", dest="thumbnail_sizes",
-        default=None, help=f"longest side of a thumbnail in px; repeat for several "
-        f"(default: {' '.join(map(str, _DEFAULTS.thumbnail_sizes))}; env: space-separated)")
-    add("--thumbnail-format", choices=["jpeg", "webp"],
-        default=_env("thumbnail-format", _DEFAULTS.thumbnail_format))
-    add("--processing-timeout", type=float,
-        default=_env("processing-timeout", _DEFAULTS.processing_timeout, float),
-        help="seconds one image job may take (enforced in its child process)")
-    add("--processing-memory-mb", type=int,
-        default=_env("processing-memory-mb", _DEFAULTS.processing_memory_mb, int),
-        help="address-space limit of an image job's child process")
-    add("--hooks-http", default=_env("hooks-http", None),
-        help="URL called (POST, tusd v2 HTTP-hook JSON, type post-finish) after each upload "
-             "is processed or finally fails; retried with backoff")
-    add("--hooks-enabled-events",
-        default=_env("hooks-enabled-events", _DEFAULTS.hooks_enabled_events),
-        help="comma list of hook events to send: pre-create, post-create, post-receive, "
-             "pre-finish, post-finish, pre-terminate, post-terminate")
-    add("--hooks-http-retry", type=int,
-        default=_env("hooks-http-retry", _DEFAULTS.hooks_http_retry, int),
-        help="retries of a hook call after a network error or a 5xx")
-    add("--hooks-http-backoff", type=float,
-        default=_env("hooks-http-backoff", _DEFAULTS.hooks_http_backoff, float),
-        help="seconds before the first retry of a hook call; doubles each time")
-    add("--hooks-http-timeout", type=float,
-        default=_env("hooks-http-timeout", _DEFAULTS.hooks_http_timeout, float),
-        help="seconds one hook call may take")
-    add("--processing-attempts", type=int,
-        default=_env("processing-attempts", _DEFAULTS.processing_attempts, int),
-        help="attempts before a failing job is dead-lettered and the upload marked failed")
+def _env_value(option: Option) -> Any:
+    raw = os.environ.get(option.flag.env_name)
+    if raw is None:
+        return option.default
+    flag = option.flag
+    if flag.kind in ("switch", "negated"):
+        return parse_bool(raw)
+    if flag.repeat:
+        parse = flag.parse or str
+        return tuple(parse(part) for part in raw.replace(",", " ").split())
+    return flag.parse(raw) if flag.parse else raw
 
 
-def _add_access_flags(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--auth-token", default=_env("auth-token", None),
-        help="require 'Authorization: Bearer <token>' with this static token")
-    add("--jwt-secret", default=_env("jwt-secret", None),
-        help="require a JWT signed with this HS256 secret; its 'sub' owns the uploads")
-    add("--jwt-public-key", type=Path, default=_env("jwt-public-key", None, Path),
-        help="require a JWT signed by this PEM public key (RS256 / ES256)")
-    add("--jwt-algorithms", default=_env("jwt-algorithms", ""),
-        help="comma list of accepted JWT algorithms (default: HS256 for --jwt-secret, "
-             "RS256,ES256 for --jwt-public-key)")
-    add("--jwt-audience", default=_env("jwt-audience", None), help="required JWT 'aud'")
-    add("--jwt-issuer", default=_env("jwt-issuer", None), help="required JWT 'iss'")
-    add("--auth-hook", default=_env("auth-hook", None),
-        help="module:function called with each request; returns the subject or None")
-    add("--max-concurrent-uploads", type=int,
-        default=_env("max-concurrent-uploads", _DEFAULTS.max_concurrent_uploads, int),
-        help="body transfers at once per owner (or client IP without auth); "
-             "more are answered 429 (0 = no limit)")
-    add("--buffer-memory", type=int,
-        default=_env("buffer-memory", _DEFAULTS.write_buffer_total >> 20, int),
-        help="MiB of write buffers shared by all body transfers of a process; each "
-             "transfer's buffer (at most 1 MiB) shrinks as more run at once")
-    add("--shutdown-timeout", type=float,
-        default=_env("shutdown-timeout", _DEFAULTS.shutdown_timeout, float),
-        help="on SIGTERM, seconds in-flight requests get to save their bytes and answer")
+def _typed(parse: Callable[[str], Any] | None, name: str) -> Callable[[str], Any]:
+    def convert(raw: str) -> Any:
+        try:
+            return parse(raw) if parse else raw
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{name}: {exc}") from None
+
+    return convert
 
 
-def _add_log_flags(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--log-level", default=_env("log-level", _DEFAULTS.log_level),
-        choices=["debug", "info", "warning", "error"], help="log level")
-    add("--log-format", default=_env("log-format", _DEFAULTS.log_format),
-        choices=["text", "json"], help="one line per event, as text or JSON")
+def _help(option: Option) -> str:
+    flag = option.flag
+    text = flag.help
+    default = option.shown_default()
+    if (flag.repeat and default is not None) or default is not None:
+        text += f" (default: {default})"
+    return text + f" [{flag.env_name}]"
+
+
+def _add_options(parser: argparse.ArgumentParser, command: str) -> None:
+    groups = {s: parser.add_argument_group(s) for s in SECTIONS}
+    for option in options(command):
+        flag = option.flag
+        add = groups[flag.section].add_argument
+        names = (flag.name, *flag.aliases)
+        default = _env_value(option)
+        if flag.kind == "negated":
+            add(*names, dest=option.field, action="store_false", default=default,
+                help=_help(option))
+        elif flag.kind == "switch":
+            # Go's boolean flags: -x, -x=true, -x=false.
+            add(*names, dest=option.field, nargs="?", const=True, default=default,
+                type=_typed(parse_bool, flag.name), metavar="BOOL", help=_help(option))
+        elif flag.repeat:
+            add(*names, dest=option.field, action="append", default=None,
+                type=_typed(flag.parse, flag.name), help=_help(option))
+        else:
+            value_default = (flag.show(default) if flag.show and flag.choices else default)
+            add(*names, dest=option.field, default=value_default,
+                type=_typed(None if flag.choices else flag.parse, flag.name),
+                choices=flag.choices or None, help=_help(option),
+                metavar=None if flag.choices else flag.name.lstrip("-").upper().replace("-", "_"))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tusd-py", description="A tus 1.0 upload server.")
+    parser.add_argument("--version", "-version", action="version", version=f"tusd-py {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-
     serve = commands.add_parser("serve", help="run the tus server (and its processors)",
-                                description="Run the tus 1.0 server. " + _ENV_HELP,
-                                formatter_class=fmt)
-    add = serve.add_argument
-    add("--host", default=_env("host", _DEFAULTS.host), help="address to listen on")
-    add("--port", type=int, default=_env("port", _DEFAULTS.port, int), help="TCP port")
-    add("--base-path", default=_env("base-path", _DEFAULTS.base_path),
-        help="URL path of the upload endpoint")
-    add("--max-size", type=int, default=_env("max-size", _DEFAULTS.max_size, int),
-        help="largest upload in bytes, advertised as Tus-Max-Size (0 = unlimited)")
-    add("--cors-origins", default=_env("cors-origins", _DEFAULTS.cors_origins),
-        help="allowed browser origins: '*', a comma-separated list, or 're:<regex>'")
-    add("--behind-proxy", action="store_true",
-        default=_env("behind-proxy", _DEFAULTS.behind_proxy, _bool),
-        help="trust Forwarded / X-Forwarded-Host / X-Forwarded-Proto for upload URLs")
-    add("--network-timeout", type=float,
-        default=_env("network-timeout", _DEFAULTS.network_timeout, float),
-        help="end a PATCH whose body sends nothing for this many seconds (its bytes are kept)")
-    add("--lock-timeout", type=float,
-        default=_env("lock-timeout", _DEFAULTS.lock_timeout, float),
-        help="seconds a request waits for a busy upload before answering 423")
-    add("--workers", type=int, default=_env("workers", _DEFAULTS.workers, int),
-        help="server processes sharing the port and the upload dir (embedded storage: "
-             "flock-based locks across them; with --s3-bucket more than 1 needs --redis-url)")
-    add("--no-dashboard", dest="dashboard", action="store_false",
-        default=_env("dashboard", True, _bool), help="do not serve the upload page at /")
-    add("--no-processing", dest="processing", action="store_false",
-        default=_env("processing", True, _bool),
-        help="do not process completed uploads here (run `tusd-py worker` instead)")
-    _add_storage_flags(serve)
-    _add_access_flags(serve)
-    _add_processing_flags(serve)
-    _add_log_flags(serve)
-
+                                description="Run the tus 1.0 server. " + _ENV_HELP)
+    _add_options(serve, "serve")
     worker = commands.add_parser(
-        "worker", formatter_class=fmt,
-        help="process completed uploads without serving HTTP (needs --redis-url)",
+        "worker", help="process completed uploads without serving HTTP (needs --redis-url)",
         description="Run processors only, so they scale apart from the servers. " + _ENV_HELP)
-    _add_storage_flags(worker)
-    _add_processing_flags(worker)
-    _add_log_flags(worker)
-
+    _add_options(worker, "worker")
     thumb = commands.add_parser(
         "thumbnail", help="make thumbnails of one image exactly as the processor does",
         description="Write thumbnails of PATH into --out and print the image metadata as "
                     "JSON. Exit code 2 and a one-line reason on bad input.")
-    thumb.add_argument("path", type=Path)
-    thumb.add_argument("--out", type=Path, required=True)
-    thumb.add_argument("--size", type=int, action="append", dest="sizes")
-    thumb.add_argument("--format", choices=["jpeg", "webp"], default="jpeg")
+    thumb.add_argument("path", type=Path, help="the image")
+    thumb.add_argument("--out", type=Path, required=True, help="folder for the thumbnails")
+    thumb.add_argument("--size", type=int, action="append", dest="sizes",
+                       help="longest side in px; repeat for several (default: 256 1024)")
+    thumb.add_argument("--format", choices=["jpeg", "webp"], default="jpeg",
+                       help="thumbnail format (default: jpeg)")
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    sizes = args.thumbnail_sizes or _env("thumbnail-sizes", list(_DEFAULTS.thumbnail_sizes),
-                                         _sizes)
-    serving = args.command == "serve"
-    return Settings(
-        upload_dir=args.upload_dir.resolve(), redis_url=args.redis_url or None,
-        s3_bucket=args.s3_bucket or None, s3_endpoint=args.s3_endpoint or None,
-        s3_prefix=args.s3_prefix, s3_region=args.s3_region or None,
-        s3_part_size=args.s3_part_size, s3_min_part_size=args.s3_min_part_size,
-        s3_max_concurrent_part_uploads=args.s3_max_concurrent_part_uploads,
+    command = args.command
+    values: dict[str, Any] = {}
+    for option in options(command):
+        value = getattr(args, option.field)
+        flag = option.flag
+        if flag.repeat:
+            value = tuple(value) if value else _env_value(option)
+        elif flag.choices and flag.parse and isinstance(value, str):
+            value = flag.parse(value)
+        values[option.field] = value
+    settings = Settings(**values)
+    # Paths are resolved once: workers and the processor's children see the same ones.
+    settings = replace(
+        settings, upload_dir=settings.upload_dir.resolve(),
+        final_dir=settings.final_dir.resolve() if settings.final_dir else None,
+        jwt_public_key=settings.jwt_public_key.resolve() if settings.jwt_public_key else None,
+        processors=settings.processors if settings.processing else 0)
+    if settings.s3_bucket:
         # A checkpoint on S3 uploads the spooled remainder: at least two parts between
         # checkpoints keep most bytes in full parts uploaded while the body arrives.
-        checkpoint_bytes=max(_DEFAULTS.checkpoint_bytes, 2 * args.s3_part_size)
-        if args.s3_bucket else _DEFAULTS.checkpoint_bytes,
-        expiration=args.expiration, fsync=args.durability == "fsync",
-        final_dir=args.final_dir.resolve() if args.final_dir else None,
-        namespace_key=args.namespace_key,
-        processors=args.processors if (not serving or args.processing) else 0,
-        thumbnail_sizes=tuple(sizes), thumbnail_format=args.thumbnail_format,
-        processing_timeout=args.processing_timeout,
-        processing_memory_mb=args.processing_memory_mb,
-        processing_attempts=args.processing_attempts, hooks_http=args.hooks_http or None,
-        hooks_enabled_events=args.hooks_enabled_events, hooks_http_retry=args.hooks_http_retry,
-        hooks_http_backoff=args.hooks_http_backoff, hooks_http_timeout=args.hooks_http_timeout,
-        log_level=args.log_level, log_format=args.log_format,
-        **({
-            "host": args.host, "port": args.port, "base_path": args.base_path,
-            "max_size": args.max_size, "cors_origins": args.cors_origins,
-            "behind_proxy": args.behind_proxy, "network_timeout": args.network_timeout,
-            "lock_timeout": args.lock_timeout, "dashboard": args.dashboard,
-            "workers": args.workers, "auth_token": args.auth_token or None,
-            "jwt_secret": args.jwt_secret or None,
-            "jwt_public_key": args.jwt_public_key.resolve() if args.jwt_public_key else None,
-            "jwt_algorithms": args.jwt_algorithms, "jwt_audience": args.jwt_audience or None,
-            "jwt_issuer": args.jwt_issuer or None, "auth_hook": args.auth_hook or None,
-            "max_concurrent_uploads": args.max_concurrent_uploads,
-            "shutdown_timeout": args.shutdown_timeout,
-            "write_buffer_total": max(args.buffer_memory, 1) << 20,
-        } if serving else {}),
-    )
+        settings = replace(settings, checkpoint_bytes=max(settings.checkpoint_bytes,
+                                                          2 * settings.s3_part_size))
+    return settings
 
 
-def build_backend(settings: Settings) -> Backend:
+def build_backend(settings: Settings) -> Any:
+    from storage import embedded_backend
+
     if settings.s3_bucket:
         from storage.s3 import S3Options, s3_backend
 
-        options = S3Options(
+        s3 = S3Options(
             bucket=settings.s3_bucket, endpoint=settings.s3_endpoint, region=settings.s3_region,
             prefix=settings.s3_prefix, part_size=settings.s3_part_size,
             min_part_size=settings.s3_min_part_size,
             max_concurrent_part_uploads=settings.s3_max_concurrent_part_uploads)
-        return s3_backend(options, settings.upload_dir, redis_url=settings.redis_url,
+        return s3_backend(s3, settings.upload_dir, redis_url=settings.redis_url,
                           tombstone_seconds=settings.tombstone_seconds)
     if not settings.redis_url:
         # Several worker processes share the upload dir: cross-process locks and records.
@@ -291,44 +202,101 @@ def check_redis(url: str) -> str | None:
     return None
 
 
+def _fail(message: str) -> None:
+    print(f"tusd-py: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _require_redis(settings: Settings) -> None:
     if settings.redis_url:
         problem = check_redis(settings.redis_url)
         if problem:
-            print(f"tusd-py: cannot reach Redis at {settings.redis_url}: {problem}",
-                  file=sys.stderr)
-            raise SystemExit(2)
+            _fail(f"cannot reach Redis at {settings.redis_url}: {problem}")
+
+
+def bind(settings: Settings) -> socket.socket:
+    """The listening socket, bound before anything else happens: a busy port is one line
+    and exit code 2, with nothing started and nothing touched."""
+    try:
+        if settings.unix_sock is not None:
+            path = settings.unix_sock
+            if path.is_socket():
+                path.unlink()  # a stale socket of an earlier run
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(str(path))
+            path.chmod(0o666)
+        else:
+            family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        where = settings.unix_sock or f"{settings.host}:{settings.port}"
+        _fail(f"cannot listen on {where}: {exc.strerror or exc}")
+    sock.set_inheritable(True)
+    return sock
+
+
+def tls_context(mode: str, config: Any, default_factory: Callable[[], ssl.SSLContext],
+                ) -> ssl.SSLContext:
+    """tusd's -tls-mode: the oldest protocol accepted (and strong ciphers for tls12-strong)."""
+    context = default_factory()
+    context.minimum_version = (ssl.TLSVersion.TLSv1_3 if mode == "tls13"
+                               else ssl.TLSVersion.TLSv1_2)
+    if mode == "tls12-strong":
+        context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
+    return context
+
+
+def upload_url(settings: Settings) -> str:
+    if settings.unix_sock is not None:
+        return f"unix:{settings.unix_sock} {settings.base_path}"
+    scheme = "https" if settings.tls_certificate else "http"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"{scheme}://{host}:{settings.port}{settings.base_path}"
 
 
 def serve(settings: Settings) -> None:
+    import logging
+
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
-    from .app import create_app
     from .http.informational import PROTOCOL_PATH
+    from .ops import logs, malloc
 
-    logs.configure(settings.log_level, settings.log_format)
-    malloc.tune()
-    try:
-        app = create_app(settings, build_backend(settings))  # also checks hooks and auth
-    except (ValueError, ImportError, OSError) as exc:
-        print(f"tusd-py: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    if settings.tls_certificate and not settings.tls_key:
+        _fail("--tls-certificate needs --tls-key")
     if settings.workers > 1 and settings.s3_bucket and not settings.redis_url:
         # The S3 store's `.info` objects and locks belong to one process.
-        print("tusd-py: --workers > 1 with --s3-bucket needs --redis-url", file=sys.stderr)
-        raise SystemExit(2)
+        _fail("--workers > 1 with --s3-bucket needs --redis-url")
+    sock = bind(settings)
+    logs.configure(settings.log_level, settings.log_format)
+    # uvicorn's own "Uvicorn running on ..." names no upload URL: server.listening does.
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    malloc.tune()
     _require_redis(settings)
+    try:
+        from .app import create_app
+
+        app = create_app(settings, build_backend(settings))  # also checks hooks and auth
+    except (ValueError, ImportError, OSError) as exc:
+        _fail(str(exc))
+    tls: dict[str, Any] = {}
+    if settings.tls_certificate:
+        tls = {"ssl_certfile": str(settings.tls_certificate),
+               "ssl_keyfile": str(settings.tls_key),
+               "ssl_context_factory": functools.partial(tls_context, settings.tls_mode)}
     options: dict[str, Any] = dict(
-        host=settings.host, port=settings.port, log_config=None,
+        log_config=None,
         # Forwarded headers are handled by --behind-proxy, never implicitly by uvicorn.
         proxy_headers=False, server_header=False, access_log=False,
         timeout_graceful_shutdown=max(int(settings.shutdown_timeout), 1),
         # uvicorn's own protocol plus an ASGI extension for `104 Upload Resumption
-        # Supported` interim responses (tusd_py/informational.py).
-        http=PROTOCOL_PATH,
+        # Supported` interim responses (tusd_py/http/informational.py).
+        http=PROTOCOL_PATH, **tls,
     )
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    logs.event("server.listening", url=f"http://{host}:{settings.port}{settings.base_path}",
+    logs.event("server.listening", url=upload_url(settings),
                upload_dir=str(settings.upload_dir), max_size=settings.max_size,
                state="redis" if settings.redis_url else "embedded",
                expiration=settings.expiration, processors=settings.processors,
@@ -337,18 +305,22 @@ def serve(settings: Settings) -> None:
     if settings.workers > 1:
         # Each worker process builds its own app (and Redis pool) from these settings.
         os.environ[SETTINGS_ENV] = settings.to_json()
-        uvicorn.run("tusd_py.cli:app_from_environment", factory=True,
-                    workers=settings.workers, **options)
+        config = uvicorn.Config("tusd_py.cli:app_from_environment", factory=True,
+                                workers=settings.workers, **options)
+        Multiprocess(config, sockets=[sock]).run()
     else:
-        uvicorn.Server(uvicorn.Config(app, **options)).run()
+        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
+    if settings.unix_sock is not None:
+        settings.unix_sock.unlink(missing_ok=True)
 
 
 SETTINGS_ENV = "TUSD_PY_SETTINGS_JSON"
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> Any:
     """The app factory of each `--workers` process."""
     from .app import create_app
+    from .ops import logs, malloc
 
     settings = Settings.from_json(os.environ[SETTINGS_ENV])
     logs.configure(settings.log_level, settings.log_format)
@@ -362,6 +334,7 @@ def work(settings: Settings) -> None:
     from storage import FinalFiles
 
     from .hooks.configure import build_hooks
+    from .ops import logs
     from .processing.completion import start_processing
     from .processing.pipeline import FinalizeProcessor
 
@@ -369,9 +342,7 @@ def work(settings: Settings) -> None:
     if not settings.redis_url:
         # The embedded store's locks live inside the server process: a second process
         # writing the same .info files could lose updates.
-        print("tusd-py: `worker` needs --redis-url (the embedded store is one process)",
-              file=sys.stderr)
-        raise SystemExit(2)
+        _fail("`worker` needs --redis-url (the embedded store is one process)")
     _require_redis(settings)
     backend = build_backend(settings)
     processor = FinalizeProcessor(settings, FinalFiles(settings.final_root))
@@ -389,15 +360,26 @@ def work(settings: Settings) -> None:
     anyio.run(run)
 
 
+def refuse_tusd_only(argv: Sequence[str]) -> None:
+    for arg in argv:
+        name = arg.lstrip("-").split("=", 1)[0]
+        if arg.startswith("-") and name in TUSD_ONLY:
+            _fail(f"tusd's -{name} has no tusd-py flag: {TUSD_ONLY[name]}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "thumbnail":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["thumbnail"]:
+        # Imports nothing of the server: the command starts as fast as the thumbnailer.
+        args = build_parser().parse_args(argv)
         from thumbnailer.cli import main as thumbnail_main
 
         forwarded = [str(args.path), "--out", str(args.out), "--format", args.format]
         for size in args.sizes or []:
             forwarded += ["--size", str(size)]
         return thumbnail_main(forwarded, prog="tusd-py thumbnail")
+    refuse_tusd_only(argv)
+    args = build_parser().parse_args(argv)
     settings = settings_from_args(args)
     if args.command == "serve":
         serve(settings)

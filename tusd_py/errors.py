@@ -136,7 +136,8 @@ class TusError(Exception):
 
     @classmethod
     def feature_disabled(cls, what: str) -> TusError:
-        return cls(405, "ERR_FEATURE_DISABLED", f"{what} is disabled on this server")
+        # tusd's ErrNotImplemented for -disable-download / -termination / -concatenation.
+        return cls(501, "ERR_NOT_IMPLEMENTED", f"{what} is disabled on this server")
 
     # --- what the upload's state does not allow ---------------------------------
     @classmethod

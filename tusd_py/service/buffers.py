@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ..config import BUDGET_BYTES, BUFFER_BYTES
+
 BUFFERS_PER_TRANSFER = 2
-BUFFER_BYTES = 1 << 20  # one transfer alone: pwritev batches of 1 MiB
-BUDGET_BYTES = 12 << 20
 MIN_BUFFER_BYTES = 64 << 10  # below this, per-batch overhead starts to dominate
 
 

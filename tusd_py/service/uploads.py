@@ -149,6 +149,8 @@ class UploadService:
 
     async def download(self, info: UploadInfo, start: int, end: int) -> AsyncIterator[bytes]:
         """The bytes [start, end) of a finished upload."""
+        if self.settings.disable_download:
+            raise TusError.feature_disabled("download")
         if not info.state.finished or info.size is None:
             raise TusError.not_finished()
         if info.state is not UploadState.PROCESSED:
@@ -208,6 +210,8 @@ class UploadService:
     # --- create ------------------------------------------------------------------------
     def new_upload(self, size: int | None, metadata: dict[str, str | None], *,
                    partial: bool = False, parts: Sequence[str] = ()) -> UploadInfo:
+        if (partial or parts) and self.settings.disable_concatenation:
+            raise TusError.feature_disabled("concatenation")
         return UploadInfo(id=new_upload_id(), size=size, metadata=metadata, partial=partial,
                           parts=tuple(parts),
                           expires_at=None if size == 0 else self.next_expiry())
@@ -344,6 +348,8 @@ class UploadService:
     async def create_final(self, part_ids: Sequence[str], metadata: dict[str, str | None],
                            caller: Caller) -> Created:
         """A final upload made of partial ones, finished at once when they all are."""
+        if self.settings.disable_concatenation:
+            raise TusError.feature_disabled("concatenation")
         partials = await load_partials(self.backend.state, part_ids)
         for partial in partials:
             if not self.owns(partial):
@@ -523,6 +529,8 @@ class UploadService:
 
         The lock makes an in-flight append stop (and save) before the upload is removed.
         """
+        if self.settings.disable_termination:
+            raise TusError.feature_disabled("termination")
         if (hooks := self._hook("pre-terminate")) is not None:
             await hooks.gate(
                 "pre-terminate", await self.load(upload_id), caller,

@@ -12,8 +12,12 @@ from .headers import TUS_VERSION
 
 
 def extensions(settings: Settings) -> list[str]:
-    ext = ["creation", "creation-with-upload", "creation-defer-length", "termination",
-           "concatenation", "concatenation-unfinished", "checksum"]
+    ext = ["creation", "creation-with-upload", "creation-defer-length"]
+    if not settings.disable_termination:
+        ext.append("termination")
+    if not settings.disable_concatenation:
+        ext += ["concatenation", "concatenation-unfinished"]
+    ext.append("checksum")
     if settings.expiration > 0:
         ext.append("expiration")
     return ext
