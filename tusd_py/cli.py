@@ -265,6 +265,11 @@ def serve(settings: Settings) -> None:
     from .http.informational import PROTOCOL_PATH
     from .ops import logs, malloc
 
+    from .ops.uvicorn_check import check_uvicorn
+
+    problem = check_uvicorn()
+    if problem:
+        _fail(problem)
     if settings.tls_certificate and not settings.tls_key:
         _fail("--tls-certificate needs --tls-key")
     if settings.workers > 1 and settings.s3_bucket and not settings.redis_url:
