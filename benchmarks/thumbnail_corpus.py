@@ -171,6 +171,7 @@ class Spec:
     w: int
     h: int
     build: Callable[[Path, Spec], None]
+    ext: str = "tif"
 
 
 def simple(compression: str | None, tile: int | None, predictor: bool = False,
@@ -218,6 +219,42 @@ def header_bomb(path: Path, s: Spec) -> None:
         wr.finish([wr.write_ifd(tags)])
 
 
+def png_file(path: Path, s: Spec) -> None:
+    """An 8-bit RGB PNG streamed band by band (filter 0, zlib level 1)."""
+    import struct
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", s.w, s.h, 8, 2, 0, 0, 0)))
+        z = zlib.compressobj(1)
+        rb = s.w * 3
+        for y in range(0, s.h, 64):
+            band = region(s.w, s.h, (0, y, s.w, min(y + 64, s.h))).tobytes()
+            raw = b"".join(b"\0" + band[i:i + rb] for i in range(0, len(band), rb))
+            data = z.compress(raw)
+            if data:
+                f.write(chunk(b"IDAT", data))
+        f.write(chunk(b"IDAT", z.flush()))
+        f.write(chunk(b"IEND", b""))
+
+
+def phone_photo(fmt: str) -> Callable[[Path, Spec], None]:
+    """A 12 MP photo as HEIC (pillow-heif, 512 px grid tiles like a phone's) or AVIF."""
+    def build(path: Path, s: Spec) -> None:
+        im = region(s.w, s.h, (0, 0, s.w, s.h))
+        if fmt == "heic":
+            import pillow_heif
+
+            pillow_heif.from_pillow(im).save(path, quality=80, tile_size=512)
+        else:
+            im.save(path, "AVIF", quality=70, speed=8)
+    return build
+
+
 def corpus(scale: float) -> Iterator[Spec]:
     def d(n: int) -> int:
         return max(256, int(n * scale))
@@ -235,3 +272,6 @@ def corpus(scale: float) -> Iterator[Spec]:
     yield Spec("palette_lzw", "palette", d(10000), d(10000), simple("lzw", None, rps=32))
     yield Spec("bilevel_g4", "bilevel", d(20000), d(20000), simple("g4", None, rps=256))
     yield Spec("header_bomb_19KB", "rgb", 100000, 100000, header_bomb)
+    yield Spec("png_rgb_192Mpx", "rgb", d(16000), d(12000), png_file, "png")
+    yield Spec("heic_phone_12MP", "rgb", d(4032), d(3024), phone_photo("heic"), "heic")
+    yield Spec("avif_phone_12MP", "rgb", d(4032), d(3024), phone_photo("avif"), "avif")

@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/thumbnails.py [--scale 0.5] [--dir /tmp/thumbcorpus] [--only X]
         [--tools vips,ours] [--repeat 5] [--keep]
 
-Generates the corpus deterministically (band by band, never a whole image in memory), then runs
+Generates the corpus deterministically (TIFF, plus a 16000x12000 PNG and 12 MP HEIC and AVIF
+photos) (band by band, never a whole image in memory), then runs
 each tool per file in a fresh process (256 and 1024 px thumbnails), measuring wall time, peak
 RSS (RUSAGE_CHILDREN of a wrapper that runs only that tool) and PSNR of the 1024 px output
 against the ideal thumbnail rendered from the corpus' master picture. pyvips is only needed
@@ -148,7 +149,7 @@ def main() -> int:
     for spec in corpus(args.scale):
         if args.only and spec.name not in args.only:
             continue
-        src = work / f"{spec.name}.tif"
+        src = work / f"{spec.name}.{spec.ext}"
         if not src.exists():
             t = time.perf_counter()
             spec.build(src, spec)
