@@ -147,6 +147,71 @@ def wait_for(predicate: Any, timeout: float = 8.0, interval: float = 0.1) -> Any
     return value
 
 
+def event_re(name: str, uid: str | None = None) -> str:
+    """A regex for the log line of event `name` (for upload `uid`, when given)."""
+    pattern = rf"\s{re.escape(name)}(\s|$)"
+    return pattern + rf".*\bupload_id={uid}\b" if uid else pattern
+
+
+class LogWatch:
+    """Follows the log files of one or more servers from where they end now (or from their
+    start): `wait(regex)` returns once a line matching it has been written.
+
+    This is how a test waits for something the server did (`processing.done`,
+    `upload.checkpoint`, `request.done`, ...) instead of sleeping for a while. A "nothing
+    else happened" check waits for a later marker event first, then looks at `matches()`.
+    Restarting a server appends to the same log file, so a watch outlives restarts.
+    """
+
+    def __init__(self, *servers: ServerProcess, from_start: bool = False) -> None:
+        self.servers = servers
+        self._pos: dict[Path, int] = {}
+        self._partial: dict[Path, bytes] = {}
+        self.lines: list[str] = []
+        for s in servers:
+            assert s.log_path is not None, "server not started"
+            self._pos[s.log_path] = 0 if from_start or not s.log_path.exists() \
+                else s.log_path.stat().st_size
+            self._partial[s.log_path] = b""
+
+    def _read(self) -> None:
+        for path, pos in self._pos.items():
+            with path.open("rb") as f:
+                f.seek(pos)
+                data = f.read()
+            self._pos[path] = pos + len(data)
+            *complete, self._partial[path] = (self._partial[path] + data).split(b"\n")
+            self.lines += [line.decode(errors="replace") for line in complete]
+
+    def matches(self, pattern: str) -> list[str]:
+        """Every line written since the watch began that matches `pattern`."""
+        self._read()
+        rx = re.compile(pattern)
+        return [line for line in self.lines if rx.search(line)]
+
+    def wait(self, pattern: str, *, count: int = 1, timeout: float = 15.0) -> str:
+        """Block until `count` lines match `pattern`; return the count-th one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.matches(pattern)
+            if len(found) >= count:
+                return found[count - 1]
+            if time.monotonic() > deadline:
+                tail = "\n".join(self.lines[-30:])
+                raise AssertionError(
+                    f"{len(found)}/{count} log lines /{pattern}/ within {timeout}s:\n{tail}")
+            time.sleep(0.02)  # following a file: there is nothing to block on
+
+    def wait_event(self, name: str, uid: str | None = None, *, count: int = 1,
+                   timeout: float = 15.0) -> str:
+        return self.wait(event_re(name, uid), count=count, timeout=timeout)
+
+
+def wait_log(server: ServerProcess, pattern: str, *, timeout: float = 15.0) -> str:
+    """Wait until the server's whole log (from its start) has a line matching `pattern`."""
+    return LogWatch(server, from_start=True).wait(pattern, timeout=timeout)
+
+
 def assert_error_body(r: httpx.Response) -> None:
     """4xx responses carry a one-line plain-text reason."""
     text = r.text.strip()
