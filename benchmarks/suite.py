@@ -1,8 +1,12 @@
-"""tus server benchmark suite: tusd-py against @tus/server (and a sink) in one run.
+"""tus server benchmark suite: tusd-py against tusd, @tus/server and a sink, in one run.
 
-    scripts/bench            # installs what is missing, then: full spec (2 GiB, 3 repetitions)
-    scripts/bench --quick    # 512 MiB / 16 x 64 MiB / 1,000 small uploads
+    scripts/bench            # installs what is missing, then: full spec (1 GiB, 3 repetitions)
+    scripts/bench --quick    # 512 MiB / 8 x 64 MiB / downloads over 8 uploads
     (scripts/bench passes its arguments here: .venv/bin/python benchmarks/suite.py ...)
+    # while tusd_py/ is being edited, measure a fixed commit from a worktree with its own venv:
+    git worktree add --detach /tmp/bench-tree HEAD && python3 -m venv /tmp/bench-tree/.venv \
+        && /tmp/bench-tree/.venv/bin/pip install -e /tmp/bench-tree
+    .venv/bin/python benchmarks/suite.py --tpy-root /tmp/bench-tree
 
 Targets (each started fresh by PID, with a fresh upload dir, for every scenario x repetition,
 and interleaved A B C ... / B C ... A per repetition so that noise on a shared machine spreads):
@@ -11,19 +15,26 @@ and interleaved A B C ... / B C ... A per repetition so that noise on a shared m
                PATCH 204 + Upload-Offset, HEAD) and discards the bytes: the client's ceiling
   tpy-fsync    tusd-py serve, embedded storage, --durability fsync (the default)
   tpy-os       tusd-py serve, embedded storage, --durability os (page cache trusted, like peers)
-  tpy-redis    tusd-py serve --redis-url (its own redis-server: --save '' --appendonly no)
-  tpy-w2       tusd-py serve --workers 2 --redis-url
   tpy-w2-emb   tusd-py serve --workers 2, embedded storage shared by both (flock locks; no Redis)
+  tpy-w2       tusd-py serve --workers 2 --redis-url (its own redis-server on a free port:
+               --save '' --appendonly no)
   tus-node     @tus/server + @tus/file-store (latest from npm, installed into a scratch dir)
+  tusd         tusd 2.10 (`--tusd PATH`; default ../shared/peers/tusd/tusdcore when it exists,
+               else the suite runs without it), file locker, no fsync
+  (also: tpy-redis, tpy-w2-os, tpy-w2-emb-os)
 
 tusd-py targets run with --no-processing --no-dashboard: the peers do not hash, link or
 thumbnail finished uploads, so processing would only add work they do not do
 (--with-processing turns it back on).
 
-Scenarios: single (one PATCH), chunks (8 MiB PATCHes), small (N x 64 KiB creation-with-upload
-at concurrency 32), parallel (16 concurrent single-PATCH uploads), resume (RST at 50 %, then
-HEAD + PATCH). Every run measures the server's whole process tree (peak RSS summed over the
-tree, largest single process, CPU-seconds) and verifies every stored byte by sha256 of a GET.
+Scenarios: single (one PATCH), chunks (8 MiB PATCHes), small (1,000 x 64 KiB
+creation-with-upload at concurrency 32), parallel (8 concurrent single-PATCH uploads), resume
+(RST at 50 %, then HEAD + PATCH), slow (--slow-clients N uploads whose one PATCH each trickles
+8 KiB every 0.5 s, plus a HEAD probe every 100 ms), download (8 and 32 concurrent GETs of 128 MiB
+uploads, then 16 slow readers; skipped for targets without GET). Every run measures the
+server's whole process tree (peak RSS summed over the tree, largest single process, CPU-seconds)
+and verifies every stored byte (sha256 of a GET, or of the stored file where GET is not served).
+slow and download run --heavy-reps times (default 1: they take half a minute per target).
 
 Profile one target in one scenario (one repetition, py-spy raw output + top functions):
 
@@ -536,7 +547,7 @@ class Target:
         if self.kind == "sink":
             return "no GET (the sink discards bytes)"
         if self.kind == "node":
-            return ("skipped: @tus/server 2.4.5 on Node 20 exits on GETs of finished uploads "
+            return ("@tus/server 2.4.5 on Node 20 exits on GETs of finished uploads "
                     "(undici ERR_INVALID_STATE)")
         return None
 
@@ -1232,6 +1243,7 @@ class Scenario:
     skip: Callable[[Target], str | None] = lambda t: None
 
 
+HEAVY = ("slow", "download")  # half a minute per target each: --heavy-reps of them
 SCENARIOS: dict[str, Scenario] = {
     "single": Scenario("one upload in a single PATCH", sc_single,
                        [Col("MiB/s", "value", ".0f", ratio=True), *TAIL_COLS]),
@@ -1553,7 +1565,7 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]], targets: list[Ta
             fails = [r for r in runs if "error" in r]
             if skipped and not ok and not fails:
                 w(f"| {t.label} | " + " | ".join(["-"] * (len(headers) - 1))
-                  + f" | {skipped[0]['skipped']} |")
+                  + f" | skipped: {skipped[0]['skipped']} |")
                 continue
             if not ok:
                 err = fails[0]["error"] if fails else "not run"
@@ -1617,6 +1629,8 @@ def main() -> None:
                     help="512 MiB single/chunks, 8 x 64 MiB parallel, 256 MiB resume, downloads "
                          "over 8 uploads of 128 MiB (slow clients unchanged: --slow-clients)")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--heavy-reps", type=int, default=1,
+                    help="repetitions of the slow and download scenarios (at most --reps)")
     ap.add_argument("--targets",
                     default="sink,tpy-fsync,tpy-os,tpy-w2-emb,tpy-w2,tus-node,tusd",
                     help="comma list (also: tpy-redis, tpy-w2-os, tpy-w2-emb-os); tusd is "
@@ -1651,7 +1665,7 @@ def main() -> None:
     else:
         sizes = Sizes(big=1 * GiB, chunk=8 * MiB, small_n=1000, small_size=64 * 1024,
                       small_conc=32, par_n=8, par_size=128 * MiB, resume=512 * MiB,
-                      slow_n=args.slow_clients, dl_files=32, dl_size=128 * MiB, dl_slow_s=6.0)
+                      slow_n=args.slow_clients, dl_files=16, dl_size=128 * MiB, dl_slow_s=6.0)
     target_names = args.targets.split(",")
     tusd_ok = args.tusd.is_file() and os.access(args.tusd, os.X_OK)
     if "tusd" in target_names and not tusd_ok:
@@ -1705,6 +1719,8 @@ def main() -> None:
     results: dict[str, dict[str, list[dict[str, Any]]]] = {sc: {} for sc in scenarios}
     for rep in range(args.reps):
         for sc in scenarios:
+            if sc in HEAVY and rep >= args.heavy_reps:
+                continue
             order = targets[rep % len(targets):] + targets[:rep % len(targets)]
             for t in order:
                 label = f"[rep {rep + 1}/{args.reps}] {sc:8s} {t.key:10s}"
@@ -1782,8 +1798,11 @@ def main() -> None:
         return
     minutes = (time.monotonic() - t_start) / 60
     cmd = "python benchmarks/suite.py " + " ".join(sys.argv[1:])
+    reps = str(args.reps)
+    if any(sc in HEAVY for sc in scenarios) and args.heavy_reps < args.reps:
+        reps += f" ({args.heavy_reps} for {' and '.join(sc for sc in HEAVY if sc in scenarios)})"
     meta = {"command": cmd.strip(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-            "reps": str(args.reps), "duration": f"{minutes:.1f} min",
+            "reps": reps, "duration": f"{minutes:.1f} min",
             "load_start": load_start, "load_end": loadavg(), "peer": peer}
     text = report(results, targets, sizes, info, meta)
     print()
