@@ -5,13 +5,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     TUSD_PY_HOST=0.0.0.0 TUSD_PY_PORT=1080 TUSD_PY_UPLOAD_DIR=/data
 
 WORKDIR /app
+# Dependencies first, exactly as locked (hash-checked; scripts/lock resolves them for
+# Python 3.11, this base image's): this layer is rebuilt only when the lock changes.
+COPY requirements/runtime.txt ./requirements/runtime.txt
+RUN apt-get update && apt-get install -y --no-install-recommends libdeflate0 libturbojpeg0 \
+ && rm -rf /var/lib/apt/lists/* \
+ && pip install --no-cache-dir --require-hashes -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY tusd_py ./tusd_py
 COPY storage ./storage
 COPY thumbnailer ./thumbnailer
-RUN apt-get update && apt-get install -y --no-install-recommends libdeflate0 libturbojpeg0 \
- && rm -rf /var/lib/apt/lists/* \
- && pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps . \
  && useradd --system --uid 10001 --home-dir /data tusd \
  && mkdir -p /data && chown tusd /data
 
