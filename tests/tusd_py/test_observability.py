@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +13,17 @@ import pytest
 
 from tests.conftest import RedisServer, ServerProcess
 
-from .helpers import OFFSET_CT, TUS, absolute, b64
+from .helpers import (
+    OFFSET_CT,
+    TUS,
+    LogWatch,
+    absolute,
+    b64,
+    event_re,
+    upload_id,
+    wait_for,
+    wait_log,
+)
 
 
 def scrape(client: httpx.Client, srv: ServerProcess) -> dict[str, float]:
@@ -45,25 +54,21 @@ def upload(client: httpx.Client, srv: ServerProcess, data: bytes,
 def test_metrics_count_what_happened(server: ServerProcess) -> None:
     with httpx.Client(timeout=10) as client:
         before = scrape(client, server)
-        upload(client, server, b"x" * 1000)
+        uid = upload_id(upload(client, server, b"x" * 1000))
         doomed = client.post(server.url, headers={**TUS, "Upload-Length": "5"})
         assert client.head(server.url + "0" * 32, headers=TUS).status_code == 404
         assert client.delete(absolute(server, doomed.headers["Location"]),
                              headers=TUS).status_code == 204
-        deadline = time.monotonic() + 10
+        wait_log(server, event_re("processing.done", uid))  # counted before it is logged
         after = scrape(client, server)
-        while (after.get('tusd_py_processing_jobs_total{outcome="processed"}', 0) < 1
-               and time.monotonic() < deadline):
-            time.sleep(0.1)
-            after = scrape(client, server)
 
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
-    assert delta("tusd_uploads_created_total") == 2
-    assert delta("tusd_uploads_terminated_total") == 1
-    assert delta("tusd_uploads_finished_total") == 1
-    assert delta("tusd_bytes_received_total") == 1000
+    assert delta("tusd_uploads_created") == 2
+    assert delta("tusd_uploads_terminated") == 1
+    assert delta("tusd_uploads_finished") == 1
+    assert delta("tusd_bytes_received") == 1000
     assert delta('tusd_requests_total{method="PATCH"}') == 1
     assert delta('tusd_requests_total{method="POST"}') == 2
     assert delta('tusd_errors_total{code="ERR_UPLOAD_NOT_FOUND",status="404"}') == 1
@@ -84,15 +89,13 @@ def test_request_ids_are_returned_and_logged(server: ServerProcess) -> None:
         assert re.fullmatch(r"[0-9a-f]{16}", forged.headers["X-Request-ID"])
         generated = client.options(server.url).headers["X-Request-ID"]
         assert re.fullmatch(r"[0-9a-f]{16}", generated)
-    time.sleep(0.2)
-    created = [line for line in server.log().splitlines() if "upload.created" in line]
-    assert any(f"upload_id={uid}" in line and "request_id=trace-abc.123" in line
-               for line in created), created
-    done = [line for line in server.log().splitlines() if "request.done" in line]
-    assert any("request_id=trace-abc.123" in line and "status=201" in line and "method=POST"
-               in line for line in done), done
-    assert any(f"upload_id={uid}" in line and "method=HEAD" in line and "status=200" in line
-               for line in done), done
+    # request.done is logged once the answer is out: wait for each line, no sleep.
+    log = LogWatch(server, from_start=True)
+    log.wait(rf"\supload\.created\s.*\bupload_id={uid}\b.*\brequest_id=trace-abc\.123\b")
+    log.wait(r"\srequest\.done\s(?=.*\bmethod=POST\b)(?=.*\bstatus=201\b)"
+             r".*\brequest_id=trace-abc\.123\b")
+    log.wait(rf"\srequest\.done\s(?=.*\bupload_id={uid}\b)(?=.*\bmethod=HEAD\b)"
+             r".*\bstatus=200\b")
 
 
 def test_json_logs_carry_upload_and_request_ids(
@@ -100,7 +103,7 @@ def test_json_logs_carry_upload_and_request_ids(
     srv = start_server("--log-format", "json", "--no-processing")
     with httpx.Client(timeout=10) as client:
         upload(client, srv, b"json", {"X-Request-ID": "req-json-1"})
-    time.sleep(0.2)
+    LogWatch(srv, from_start=True).wait(r'"event": "upload\.completed".*"request_id": "req-json-1"')
     events = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
     stages = {e["event"] for e in events if e.get("request_id") == "req-json-1"}
     assert {"upload.created", "upload.completed"} <= stages, stages
@@ -120,10 +123,9 @@ def test_readyz_reports_a_lost_redis(start_server: Callable[..., ServerProcess],
             assert client.get(srv.origin + "/healthz").status_code == 200  # still alive
         finally:
             redis_server.start()
-        deadline = time.monotonic() + 10
-        while client.get(srv.origin + "/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "never ready again after Redis came back"
-            time.sleep(0.2)
+        # No event marks "reconnected": poll the external state through the shared helper.
+        assert wait_for(lambda: client.get(srv.origin + "/readyz").status_code == 200,
+                        timeout=10), "never ready again after Redis came back"
 
 
 @pytest.fixture
