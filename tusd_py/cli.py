@@ -264,7 +264,6 @@ def serve(settings: Settings) -> None:
 
     from .http.informational import PROTOCOL_PATH
     from .ops import logs, malloc
-
     from .ops.uvicorn_check import check_uvicorn
 
     problem = check_uvicorn()
