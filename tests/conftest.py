@@ -116,15 +116,25 @@ def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
     return start_server("--network-timeout", "3")
 
 
+_SKIP_VERDICT = pytest.StashKey[str]()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """A skipped test is never a pass: any skip fails the run."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
     if skipped and exitstatus == 0:
         session.exitstatus = 1
-        if reporter:
-            reporter.write_line(f"FAILED: {skipped} test(s) skipped; skips are not passes",
-                                red=True)
+        session.config.stash[_SKIP_VERDICT] = (
+            f"FAILED: {skipped} test(s) skipped; skips are not passes")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The verdict on skips is the last line of the output, after pytest's summary."""
+    verdict = config.stash.get(_SKIP_VERDICT, None)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if verdict and reporter:
+        reporter.write_line(verdict, red=True)
 
 
 @dataclass
