@@ -40,8 +40,37 @@ def test_dashboard_is_served_offline_and_can_be_turned_off(start_server: StartSe
         assert not re.search(r"import .* from ['\"]https?:", path.read_text()), path.name
 
     off = start_server("--no-dashboard")
-    assert httpx.get(f"{off.origin}/", timeout=10).status_code == 404
+    greeting = httpx.get(f"{off.origin}/", timeout=10)  # tusd's -show-greeting, on by default
+    assert greeting.status_code == 200
+    assert greeting.headers["content-type"].startswith("text/plain")
+    assert "/files/" in greeting.text
     assert httpx.get(f"{off.origin}/static/app.js", timeout=10).status_code == 404
+    silent = start_server("--no-dashboard", "-show-greeting=false")
+    assert httpx.get(f"{silent.origin}/", timeout=10).status_code == 404
+
+
+def test_with_auth_the_page_asks_for_a_token_and_sends_it_everywhere(
+    start_server: StartServer, tmp_path: Path, artifacts: Path,
+) -> None:
+    """Uploads, the list, the thumbnail and the download all carry the token."""
+    server = start_server("--auth-token", "tusd-py-test-token")
+    photo = tmp_path / "photo.jpg"
+    digest = jpeg_file(photo)
+    result = run_node("dashboard.mjs", {
+        "origin": server.origin, "scenario": "token", "files": [str(photo)],
+        "token": "tusd-py-test-token", "downloadTo": str(tmp_path / "downloaded.jpg"),
+        "screenshot": str(artifacts / "dashboard-token.png"), "query": "?pollMs=300",
+    })
+    assert result["asked"] == "This server needs a token."
+    assert result["done"]["state"] == "done"
+    assert result["thumbWidth"] > 0
+    assert result["downloadName"] == "photo.jpg"
+    assert hashlib.sha256((tmp_path / "downloaded.jpg").read_bytes()).hexdigest() == digest
+    assert result["tokenInLocalStorage"] is False
+    assert result["pageErrors"] == []
+    # Without the token nothing of it is readable.
+    uid = result["done"]["url"].rsplit("/", 1)[-1]
+    assert httpx.get(f"{server.origin}/api/uploads/{uid}", timeout=10).status_code == 401
 
 
 def test_two_files_through_the_file_input_reach_100_percent(

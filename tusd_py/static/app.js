@@ -1,5 +1,8 @@
 // The tusd-py dashboard: send files with the small tus client in tus.js, watch /api/uploads.
-import { TusUpload, fingerprint, forgetStored, storedUploads, STORAGE_PREFIX } from './tus.js'
+import {
+  TusUpload, authHeaders, authToken, fingerprint, forgetStored, setAuthToken, storedUploads,
+  STORAGE_PREFIX
+} from './tus.js'
 
 const params = new URLSearchParams(location.search)
 const ENDPOINT = new URL(params.get('endpoint') ||
@@ -277,12 +280,16 @@ async function showInterrupted () {
       forgetStored(saved.key)
       removeInterrupted(saved.key)
       try {
-        await fetch(saved.url, { method: 'DELETE', headers: { 'Tus-Resumable': '1.0.0' } })
+        await fetch(saved.url, {
+          method: 'DELETE', headers: { 'Tus-Resumable': '1.0.0', ...authHeaders() }
+        })
       } catch {}
       refreshList()
     })
     list.append(item)
-    fetch(saved.url, { method: 'HEAD', headers: { 'Tus-Resumable': '1.0.0' }, cache: 'no-store' })
+    fetch(saved.url, {
+      method: 'HEAD', headers: { 'Tus-Resumable': '1.0.0', ...authHeaders() }, cache: 'no-store'
+    })
       .then((res) => {
         if (res.status === 404 || res.status === 410) {
           forgetStored(saved.key)
@@ -321,7 +328,7 @@ function renderServerUpload (u) {
   const thumb = (u.thumbnails || [])[0]
   const finished = ['completed', 'processing', 'processed', 'failed'].includes(u.state)
   const figure = thumb
-    ? el('img', { class: 'thumb', src: thumb.url, alt: `Thumbnail of ${name}`,
+    ? el('img', { class: 'thumb', src: authToken() ? null : thumb.url, alt: `Thumbnail of ${name}`,
       width: thumb.width, height: thumb.height, loading: 'lazy' })
     : el('div', { class: 'thumb placeholder', 'aria-hidden': 'true',
       text: (name.split('.').pop() || '').slice(0, 4).toUpperCase() || 'FILE' })
@@ -339,8 +346,11 @@ function renderServerUpload (u) {
     : null
   const link = finished
     ? el('a', { class: 'download', href: u.url, download: name,
-      'aria-label': `Download ${name}` }, 'Download')
+      'aria-label': `Download ${name}`, onclick: (event) => downloadWithToken(event, u.url, name) },
+    'Download')
     : null
+  // An <img> cannot send a header: with a token, the thumbnail is fetched and shown from a blob.
+  if (thumb && authToken()) showWithToken(figure, thumb.url)
   return el('li', { class: 'server-upload', 'data-id': u.id, 'data-state': u.state },
     figure,
     el('div', { class: 'server-upload-body' },
@@ -357,12 +367,55 @@ function signature (u) {
     (u.thumbnails || [])[0]?.url, u.image?.width])
 }
 
+async function showWithToken (img, url) {
+  try {
+    const res = await fetch(url, { headers: authHeaders() })
+    if (res.ok) img.src = URL.createObjectURL(await res.blob())
+  } catch {}
+}
+
+async function downloadWithToken (event, url, name) {
+  // A link cannot send a header either: fetch with it, then save the blob.
+  if (!authToken()) return
+  event.preventDefault()
+  const res = await fetch(url, { headers: authHeaders() })
+  if (!res.ok) { announce(`Download of ${name} failed: ${res.status}`); return }
+  const blobUrl = URL.createObjectURL(await res.blob())
+  const a = el('a', { href: blobUrl, download: name })
+  document.body.append(a)
+  a.click()
+  a.remove()
+  setTimeout(() => URL.revokeObjectURL(blobUrl), 60000)
+}
+
+function askForToken (reason) {
+  const form = $('#auth-form')
+  form.hidden = false
+  $('#auth-reason').textContent = reason
+  $('#auth-token').focus()
+}
+
+$('#auth-form').addEventListener('submit', (event) => {
+  event.preventDefault()
+  setAuthToken($('#auth-token').value.trim())
+  $('#auth-token').value = ''
+  $('#auth-form').hidden = true
+  for (const entry of rendered.values()) entry.node.remove()
+  rendered.clear()
+  refreshList()
+})
+
 export async function refreshList () {
   clearTimeout(pollTimer)
   const state = $('#state-filter').value
   const url = `api/uploads?limit=50${state ? '&state=' + encodeURIComponent(state) : ''}`
   try {
-    const res = await fetch(url, { cache: 'no-store' })
+    const res = await fetch(url, { cache: 'no-store', headers: authHeaders() })
+    if (res.status === 401) {
+      askForToken(authToken() ? 'The server refused this token.' : 'This server needs a token.')
+      listStatus.textContent = 'Sign in with a token to see and send uploads.'
+      return
+    }
     if (!res.ok) throw new Error(`${res.status} ${(await res.text()).trim()}`)
     const { uploads } = await res.json()
     const seen = new Set()

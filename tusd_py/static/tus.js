@@ -77,13 +77,34 @@ function isRetryable (status) {
   return status === 0 || status === 409 || status === 423 || status === 429 || status >= 500
 }
 
+// A server started with --auth-token / --jwt-* wants `Authorization: Bearer <token>`. The
+// page keeps the token for this tab only (sessionStorage), never in localStorage.
+const TOKEN_KEY = 'tusd-py-token'
+
+export function authToken () {
+  try { return sessionStorage.getItem(TOKEN_KEY) || '' } catch { return '' }
+}
+
+export function setAuthToken (token) {
+  if (token) sessionStorage.setItem(TOKEN_KEY, token)
+  else sessionStorage.removeItem(TOKEN_KEY)
+}
+
+/** The Authorization header to send, if the user gave a token. */
+export function authHeaders () {
+  const token = authToken()
+  return token ? { Authorization: `Bearer ${token}` } : {}
+}
+
 /** One request with XMLHttpRequest (it reports upload progress, fetch does not). */
 function request (method, url, { headers = {}, body = null, onUploadProgress, onXhr } = {}) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest()
     xhr.open(method, url, true)
     xhr.setRequestHeader('Tus-Resumable', TUS_VERSION)
-    for (const [k, v] of Object.entries(headers)) xhr.setRequestHeader(k, v)
+    for (const [k, v] of Object.entries({ ...authHeaders(), ...headers })) {
+      xhr.setRequestHeader(k, v)
+    }
     if (onUploadProgress) xhr.upload.onprogress = (e) => onUploadProgress(e.loaded)
     xhr.onload = () => {
       const res = {

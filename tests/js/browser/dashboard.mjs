@@ -14,6 +14,8 @@
 //   network_drop   throttled; the network goes offline at ~20 % and comes back; it resumes
 //                  by itself.
 //   reload_resume  throttled; reload the page at ~30 %, pick the same file again, it resumes.
+//   token          the server wants a bearer token: the page asks for it, then sends files[0]
+//                  (an image), shows its thumbnail and downloads it (to `downloadTo`).
 // Output: one JSON line, {ok, ...scenario-specific fields, pageErrors, consoleErrors}.
 
 import { launch, log, main, throttle } from './lib.mjs'
@@ -64,6 +66,39 @@ async function headOffset (url) {
 }
 
 const scenarios = {
+  async token (browser, s) {
+    const page = await browser.newPage({ viewport: { width: 1100, height: 800 } })
+    const pageErrors = []
+    page.on('pageerror', (e) => pageErrors.push(String(e)))
+    page.setDefaultTimeout(s.stepTimeoutMs || 60000)
+    await page.goto(`${s.origin}/${s.query || ''}`)
+    await page.waitForSelector('#auth-form:not([hidden])')
+    const asked = await page.$eval('#auth-reason', (n) => n.textContent)
+    await page.fill('#auth-token', s.token)
+    await page.click('#auth-form button[type="submit"]')
+    await page.waitForSelector('#server-uploads[data-loaded="true"]', { state: 'attached' })
+    const name = baseName(s.files[0])
+    await page.setInputFiles('#file-input', s.files[0])
+    const done = await waitDone(page, name)
+    const id = done.url.split('/').pop()
+    const row = `.server-upload[data-id="${id}"][data-state="processed"]`
+    await page.waitForSelector(`${row} img.thumb[src^="blob:"]`)
+    const thumbWidth = await page.$eval(`${row} img.thumb`, (img) =>
+      img.complete ? img.naturalWidth : new Promise((resolve) => {
+        img.onload = () => resolve(img.naturalWidth)
+      }))
+    const [download] = await Promise.all([
+      page.waitForEvent('download'),
+      page.click(`${row} a.download`)
+    ])
+    await download.saveAs(s.downloadTo)
+    const tokenInLocalStorage = await page.evaluate(() =>
+      Object.values(localStorage).some((v) => v.includes('tusd-py-test-token')))
+    if (s.screenshot) await page.screenshot({ path: s.screenshot, fullPage: true })
+    return { asked, done, thumbWidth, downloadName: download.suggestedFilename(),
+      tokenInLocalStorage, pageErrors }
+  },
+
   async two_files (browser, s) {
     const { page, pageErrors, consoleErrors } = await openDashboard(browser, s)
     // Record what each bar shows while it moves, not only its final state.
