@@ -6,13 +6,16 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import httpx
+import pytest
 
 from tests.conftest import ServerProcess
 from tests.tusd_py.helpers import (
     OFFSET_CT,
     TUS,
+    LogWatch,
     assert_error_body,
     create,
     dir_contains_bytes,
@@ -21,8 +24,14 @@ from tests.tusd_py.helpers import (
     patch,
     read_response,
     upload_id,
-    wait_for,
 )
+
+
+@pytest.fixture(scope="module")
+def mserver(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
+    """The shared default, logging at debug level: `upload.patch` marks a PATCH that holds
+    its upload (the event a test waits for before interfering with it)."""
+    return server_factory("--network-timeout", "3", "--log-level", "debug")
 
 
 def test_delete_204(mserver: ServerProcess, client: httpx.Client) -> None:
@@ -61,7 +70,7 @@ def test_after_delete_get_gone(mserver: ServerProcess, client: httpx.Client) -> 
     assert patch(client, loc, 0, b"abc").status_code == 204
     assert client.delete(loc, headers=TUS).status_code == 204
     r = client.get(loc)
-    assert r.status_code in (404, 410)
+    assert r.status_code == 410  # the tombstone answers 410
     assert b"abc" not in r.content
 
 
@@ -105,7 +114,8 @@ def test_delete_frees_stored_bytes(mserver: ServerProcess, client: httpx.Client)
     assert patch(client, loc, 0, data).status_code == 204
     assert dir_contains_bytes(mserver.upload_dir, data[:4096])
     assert client.delete(loc, headers=TUS).status_code == 204
-    assert wait_for(lambda: not dir_contains_bytes(mserver.upload_dir, data[:4096]), timeout=5)
+    # DELETE removes the bytes before it answers.
+    assert not dir_contains_bytes(mserver.upload_dir, data[:4096])
 
 
 def test_delete_does_not_affect_other_uploads(mserver: ServerProcess, client: httpx.Client) -> None:
@@ -135,10 +145,11 @@ def test_delete_during_inflight_patch(mserver: ServerProcess, client: httpx.Clie
         f"Tus-Resumable: 1.0.0\r\nContent-Type: {OFFSET_CT}\r\nUpload-Offset: 0\r\n"
         f"Content-Length: {total}\r\n\r\n"
     ).encode()
+    log = LogWatch(mserver)
     sock = socket.create_connection(("127.0.0.1", mserver.port), timeout=10)
     try:
         sock.sendall(req + b"x" * 100_000)
-        time.sleep(0.5)
+        log.wait_event("upload.patch", uid)  # the PATCH holds the upload now
         started = time.monotonic()
         r = client.delete(loc, headers=TUS, timeout=10)
         elapsed = time.monotonic() - started
@@ -153,10 +164,11 @@ def test_delete_during_inflight_patch(mserver: ServerProcess, client: httpx.Clie
         except (ConnectionError, OSError):
             pass
         h = head(client, loc)
-        assert h.status_code in (404, 410)
+        assert h.status_code == 410
+        # Once the PATCH has ended, nothing the client still sends can bring the upload back.
+        log.wait(rf"\srequest\.done\s(?=.*\bupload_id={uid}\b).*\bmethod=PATCH\b")
         with contextlib.suppress(OSError):
             sock.sendall(b"y" * 100_000)
-        time.sleep(0.3)
-        assert head(client, loc).status_code in (404, 410)
+        assert head(client, loc).status_code == 410
     finally:
         sock.close()
