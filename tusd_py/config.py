@@ -265,8 +265,60 @@ class Settings:
         "--hooks-http-backoff", "seconds before the first retry of a hook call; doubles each "
         "time", "hooks", aliases=("-hooks-http-backoff",), parse=parse_seconds, commands=_ALL))
     hooks_http_timeout: float = setting(10.0, Flag(
-        "--hooks-http-timeout", "seconds one hook call may take", "hooks",
+        "--hooks-http-timeout", "seconds one HTTP hook call may take", "hooks",
         aliases=("-hooks-http-timeout",), parse=parse_seconds, commands=_ALL))
+    hooks_http_forward_headers: str = setting("", Flag(
+        "--hooks-http-forward-headers", "comma list of client request headers also set on "
+        "the HTTP hook request (e.g. Cookie,Authorization)", "hooks",
+        aliases=("-hooks-http-forward-headers",), commands=_ALL))
+    hooks_dir: Path | None = setting(None, Flag(
+        "--hooks-dir", "directory of hook executables named like the event (pre-create, ...): "
+        "the event JSON on stdin, the response JSON on stdout, a non-zero exit = the hook "
+        "failed; a missing file = no hook for that event", "hooks", aliases=("-hooks-dir",),
+        parse=_opt_path, commands=_ALL))
+    hooks_python: str | None = setting(None, Flag(
+        "--hooks-python", "module:object whose async methods (pre_create, post_receive, ...) "
+        "get each event's JSON as a dict and return tusd's hook response as a dict, or None; "
+        "an exception = the hook failed", "hooks", parse=_opt, commands=_ALL))
+    hooks_grpc: str | None = setting(None, Flag(
+        "--hooks-grpc", "HOST:PORT of a gRPC server implementing tusd's hook.proto "
+        "(HookHandler.InvokeHook); needs the grpcio and protobuf packages", "hooks",
+        aliases=("-hooks-grpc",), parse=_opt, commands=_ALL))
+    hooks_grpc_retry: int = setting(3, Flag(
+        "--hooks-grpc-retry", "retries of a gRPC hook call that failed as UNAVAILABLE, "
+        "RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED", "hooks", aliases=("-hooks-grpc-retry",),
+        parse=int, commands=_ALL))
+    hooks_grpc_backoff: float = setting(1.0, Flag(
+        "--hooks-grpc-backoff", "seconds before the first retry of a gRPC hook call; doubles "
+        "each time", "hooks", aliases=("-hooks-grpc-backoff",), parse=parse_seconds,
+        commands=_ALL))
+    hooks_grpc_secure: bool = setting(False, Flag(
+        "--hooks-grpc-secure", "connect to the gRPC hook server over TLS (needs "
+        "--hooks-grpc-server-tls-certificate)", "hooks", aliases=("-hooks-grpc-secure",),
+        kind="switch", commands=_ALL))
+    hooks_grpc_server_tls_certificate: Path | None = setting(None, Flag(
+        "--hooks-grpc-server-tls-certificate", "PEM certificate (or CA) the gRPC hook "
+        "server's certificate must chain to", "hooks",
+        aliases=("-hooks-grpc-server-tls-certificate",), parse=_opt_path, commands=_ALL))
+    hooks_grpc_client_tls_certificate: Path | None = setting(None, Flag(
+        "--hooks-grpc-client-tls-certificate", "PEM client certificate for mutual TLS with "
+        "the gRPC hook server", "hooks", aliases=("-hooks-grpc-client-tls-certificate",),
+        parse=_opt_path, commands=_ALL))
+    hooks_grpc_client_tls_key: Path | None = setting(None, Flag(
+        "--hooks-grpc-client-tls-key", "PEM private key of --hooks-grpc-client-tls-certificate",
+        "hooks", aliases=("-hooks-grpc-client-tls-key",), parse=_opt_path, commands=_ALL))
+    hooks_grpc_forward_headers: str = setting("", Flag(
+        "--hooks-grpc-forward-headers", "comma list of client request headers sent as gRPC "
+        "metadata of the hook call", "hooks", aliases=("-hooks-grpc-forward-headers",),
+        commands=_ALL))
+    hooks_timeout: float = setting(30.0, Flag(
+        "--hooks-timeout", "seconds one file, Python or gRPC hook call may take (a file hook "
+        "still running then is killed); HTTP hooks: --hooks-http-timeout", "hooks",
+        parse=parse_seconds, commands=_ALL))
+    progress_hooks_interval: float = setting(1.0, Flag(
+        "--progress-hooks-interval", "seconds (or a duration: 500ms) between post-receive "
+        "hooks of a PATCH whose body is arriving; one more is sent when it ends", "hooks",
+        aliases=("-progress-hooks-interval",), parse=parse_seconds, commands=_ALL))
     # --- auth --------------------------------------------------------------------------
     auth_token: str | None = setting(None, Flag(
         "--auth-token", "require 'Authorization: Bearer <token>' with this static token",

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,15 @@ class HookReceiver:
 
     url: str = ""
     calls: list[dict[str, Any]] = field(default_factory=list)
+    # The HTTP headers of each hook request, in the order of `calls`.
+    headers: list[dict[str, str]] = field(default_factory=list)
     respond: Callable[[dict[str, Any]], Answer] = lambda event: (200, {})
     arrived: threading.Condition = field(default_factory=threading.Condition)
 
-    def record(self, event: dict[str, Any]) -> None:
+    def record(self, event: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         with self.arrived:
             self.calls.append(event)
+            self.headers.append(headers or {})
             self.arrived.notify_all()
 
     def types(self) -> list[str]:
@@ -59,15 +63,16 @@ class HookReceiver:
         return [c for c in self.calls if c["Type"] == hook_type][count - 1]
 
 
-@pytest.fixture
-def receiver() -> Iterator[HookReceiver]:
+@contextmanager
+def running_receiver() -> Iterator[HookReceiver]:
+    """A HookReceiver on a real loopback HTTP server, for the `with` block."""
     rec = HookReceiver()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             event = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             status, body = rec.respond(event)
-            rec.record(event)
+            rec.record(event, {k.lower(): v for k, v in self.headers.items()})
             payload = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -81,8 +86,16 @@ def receiver() -> Iterator[HookReceiver]:
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     rec.url = f"http://127.0.0.1:{httpd.server_address[1]}/hooks"
-    yield rec
-    httpd.shutdown()
+    try:
+        yield rec
+    finally:
+        httpd.shutdown()
+
+
+@pytest.fixture
+def receiver() -> Iterator[HookReceiver]:
+    with running_receiver() as rec:
+        yield rec
 
 
 ALL_EVENTS = "pre-create,post-create,post-receive,pre-finish,post-finish,pre-terminate," \
@@ -195,6 +208,21 @@ def test_a_hook_that_is_down_fails_creation_closed(
         r = post(client, srv, 3)
     assert r.status_code == 500
     assert r.text.startswith("ERR_HOOK_FAILED: pre-create hook unreachable")
+    assert_error_body(r)
+    assert not [p for p in files_under(srv.upload_dir) if "final" not in p.parts]
+    assert "hook.failed" in srv.log()
+
+
+def test_a_4xx_answer_fails_creation_without_retries(
+        start_server: Callable[..., ServerProcess], receiver: HookReceiver) -> None:
+    receiver.respond = lambda event: (403, {})
+    srv = hooked(start_server, receiver.url, "--hooks-http-retry", "3", events="pre-create")
+    with httpx.Client(timeout=10) as client:
+        r = post(client, srv, 3)
+    assert r.status_code == 500
+    assert r.text.startswith("ERR_HOOK_FAILED: pre-create hook failed: pre-create hook "
+                             "answered HTTP 403")
+    assert len(receiver.calls) == 1
     assert_error_body(r)
     assert not [p for p in files_under(srv.upload_dir) if "final" not in p.parts]
     assert "hook.failed" in srv.log()

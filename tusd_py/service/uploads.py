@@ -37,7 +37,7 @@ from storage import (
 )
 
 from ..config import Settings
-from ..errors import TusError
+from ..errors import HookAnswer, TusError
 from ..ops import logs, metrics
 from .buffers import WriteBuffers
 from .caller import NOBODY, Caller
@@ -58,6 +58,11 @@ UNLIMITED = 1 << 62
 # A body up to this size that holds the whole upload is read before the upload's record is
 # written, so the record is created once, already complete (no lock, no second write).
 SMALL_UPLOAD_BYTES = 1 << 20
+# tusd's answers when a hook refuses or stops without an HTTPResponse body of its own.
+UPLOAD_REJECTED = "ERR_UPLOAD_REJECTED: upload creation has been rejected by server\n"
+TERMINATION_REJECTED = ("ERR_UPLOAD_TERMINATION_REJECTED: upload termination has been "
+                        "rejected by server\n")
+UPLOAD_STOPPED = "ERR_UPLOAD_STOPPED: upload has been stopped by server\n"
 
 
 @dataclass
@@ -328,7 +333,7 @@ class UploadService:
         answer = await hooks.gate(
             "pre-create", info.evolve(id=""), caller,
             refused=lambda answer: answer.reject_upload,
-            default_body="ERR_UPLOAD_REJECTED: upload rejected by the server\n")
+            default_body=UPLOAD_REJECTED)
         if answer.change_metadata is not None:
             info = info.evolve(metadata=encoded(answer.change_metadata))
         if answer.change_id is not None:
@@ -437,13 +442,20 @@ class UploadService:
         logs.event("upload.patch", info.id, level=logging.DEBUG, offset=info.offset,
                    content_length=body.length)
         hooks = self._hook("post-receive")
-        # tusd sends post-receive while data arrives: here at every checkpoint (2 s / 32 MiB)
-        # and when the body ends.
-        progress = ((lambda committed: hooks.tell("post-receive", committed, caller))
+        # tusd sends post-receive while data arrives (every --progress-hooks-interval) and
+        # when the body ends; an answer with StopUpload ends the transfer (release).
+        progress = (hooks.progress(info, caller, stop=hold.release.cancel)
                     if hooks is not None else None)
         with self.buffers.transfer():
-            result = await pump_body(self, body, info, hold.lease, hold.release,
-                                     limit=limit, checksum=checksum, on_commit=progress)
+            result = await pump_body(self, body if progress is None else progress.body(body),
+                                     info, hold.lease, hold.release, limit=limit,
+                                     checksum=checksum)
+        if progress is not None:
+            stop = progress.end(result.info)
+            if (stop is not None and result.outcome is Outcome.RELEASED
+                    and result.info.state is UploadState.UPLOADING
+                    and not hold.lease.lost.is_set()):
+                result.outcome, result.answer = Outcome.STOPPED, stop
         if result.outcome is Outcome.RELEASED and self.draining:
             result.outcome = Outcome.SHUTTING_DOWN
         if result.outcome is not Outcome.DONE:
@@ -451,6 +463,10 @@ class UploadService:
                        reason=result.outcome.value, offset=result.info.offset,
                        received=result.received)
         metrics.bytes_received.inc(max(result.info.offset - info.offset, 0))
+        if result.outcome is Outcome.STOPPED:
+            # tusd: a stopped upload is terminated, so it cannot be resumed.
+            await self._remove(info.id, caller, reason="stopped_by_hook")
+            return result
         if not info.state.finished and result.info.state is UploadState.COMPLETED:
             result.answer = await self._pre_finish(result.info, caller)
             await self.completed(result.info, caller)
@@ -468,7 +484,14 @@ class UploadService:
                 error = TusError.checksum_mismatch()
             case Outcome.SHUTTING_DOWN:
                 error = TusError.shutting_down()
-            case Outcome.RELEASED | Outcome.STOPPED:
+            case Outcome.STOPPED:
+                # tusd's ERR_UPLOAD_STOPPED with the hook's HTTPResponse over it; no offset:
+                # the upload is gone.
+                answer = result.answer
+                raise HookAnswer((answer.status if answer else None) or 400,
+                                 (answer.body if answer else "") or UPLOAD_STOPPED,
+                                 answer.headers if answer else {})
+            case Outcome.RELEASED:
                 error = TusError.interrupted()
             case Outcome.TIMED_OUT:
                 error = TusError.read_timeout(self.settings.network_timeout)
@@ -535,17 +558,21 @@ class UploadService:
             await hooks.gate(
                 "pre-terminate", await self.load(upload_id), caller,
                 refused=lambda answer: answer.reject_termination,
-                default_body="ERR_TERMINATION_REJECTED: termination rejected by the server\n")
+                default_body=TERMINATION_REJECTED)
         await self.load(upload_id)
         async with self.hold(upload_id):
-            info = await self.load(upload_id)
-            await self.backend.data.delete(upload_id)
-            await self._discard_outputs(info)
-            try:
-                await self.backend.state.transition(upload_id, UploadState.TERMINATED,
-                                                    expect=_TERMINABLE)
-            except InvalidTransition:
-                raise TusError.gone("terminated") from None
+            return await self._remove(upload_id, caller, **log_fields)
+
+    async def _remove(self, upload_id: str, caller: Caller, **log_fields: Any) -> UploadInfo:
+        """Terminate an upload whose lock the caller holds."""
+        info = await self.load(upload_id)
+        await self.backend.data.delete(upload_id)
+        await self._discard_outputs(info)
+        try:
+            await self.backend.state.transition(upload_id, UploadState.TERMINATED,
+                                                expect=_TERMINABLE)
+        except InvalidTransition:
+            raise TusError.gone("terminated") from None
         logs.event("upload.terminated", upload_id, offset=info.offset, size=info.size,
                    **log_fields)
         metrics.uploads_terminated.inc()
