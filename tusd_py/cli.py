@@ -28,25 +28,45 @@ TUSD_ONLY = {
     "gcs-object-prefix": "Google Cloud Storage is not supported; use --s3-prefix",
     "azure-storage": "Azure Blob Storage is not supported",
     "azure-container-access-type": "Azure Blob Storage is not supported",
+    "azure-blob-access-tier": "Azure Blob Storage is not supported",
+    "azure-object-prefix": "Azure Blob Storage is not supported",
+    "azure-endpoint": "Azure Blob Storage is not supported",
     "hooks-plugin": "Go plugins do not exist here; use --hooks-python module:object",
     "s3-transfer-acceleration": "no equivalent (set --s3-endpoint to the accelerated one)",
-    "s3-disable-content-hashes": "no equivalent (aiobotocore decides)",
-    "s3-disable-ssl": "no equivalent; give an http:// --s3-endpoint",
-    "s3-log-api-calls": "no equivalent; --log-level debug logs each part",
-    "enable-experimental-protocol": "no equivalent: the IETF draft is always served",
-    "verbose": "use --log-level debug",
-    "timeout": "use --network-timeout",
-    "upload-dir-perms": "no equivalent",
-    "dir-perms": "no equivalent (the upload dir is created 0755 by the process umask)",
-    "file-perms": "no equivalent (files are created 0644 by the process umask)",
-    "cpuprofile": "no equivalent; use py-spy",
-    "pprof-path": "no equivalent; use py-spy",
-    "expose-pprof": "no equivalent; use py-spy",
-    "request-completion-timeout": "use --shutdown-timeout",
-    "acquire-lock-timeout": "use --lock-timeout",
-    "max-size-per-request": "no equivalent",
-    "disable-ietf-draft": "no equivalent",
+    "s3-disable-ssl": "give an http:// --s3-endpoint instead",
+    "dir-perms": "no equivalent (directories are created 0755, less the process umask)",
+    "file-perms": "no equivalent (files are created 0644, less the process umask)",
 }
+# tusd flags that change nothing here: accepted (with their value) and logged, so a tusd
+# unit file starts unchanged. name -> (takes a value, why it does nothing).
+TUSD_IGNORED = {
+    "enable-experimental-protocol": (False, "the IETF draft is always served"),
+    "s3-disable-content-hashes": (False, "aiobotocore decides which hashes it sends"),
+    "s3-max-buffered-parts": (True, "the spool holds --s3-max-concurrent-part-uploads parts"),
+    "s3-log-api-calls": (False, "--log-level debug logs each S3 part"),
+    "filelock-holder-poll-interval": (True, "release requests are sent, not polled for"),
+    "filelock-acquirer-poll-interval": (True, "release requests are sent, not polled for"),
+    "expose-pprof": (False, "there is no pprof; profile with py-spy"),
+    "pprof-path": (True, "there is no pprof; profile with py-spy"),
+    "pprof-block-profile-rate": (True, "there is no pprof; profile with py-spy"),
+    "pprof-mutex-profile-rate": (True, "there is no pprof; profile with py-spy"),
+}
+
+
+def without_ignored(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """argv without TUSD_IGNORED flags (and their values); the names dropped."""
+    kept: list[str] = []
+    dropped: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        flag, equals, _ = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and flag in TUSD_IGNORED:
+            if TUSD_IGNORED[flag][0] and not equals:
+                next(rest, None)  # its value is the next argument
+            dropped.append(flag)
+            continue
+        kept.append(arg)
+    return kept, dropped
 
 
 def _env_value(option: Option) -> Any:
@@ -144,7 +164,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     settings = Settings(**values)
     # Paths are resolved once: workers and the processor's children see the same ones.
     settings = replace(
-        settings, upload_dir=settings.upload_dir.resolve(),
+        settings, log_level=settings.log_level if settings.verbose else "warning",
+        upload_dir=settings.upload_dir.resolve(),
         final_dir=settings.final_dir.resolve() if settings.final_dir else None,
         jwt_public_key=settings.jwt_public_key.resolve() if settings.jwt_public_key else None,
         processors=settings.processors if settings.processing else 0)
@@ -381,8 +402,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             forwarded += ["--size", str(size)]
         return thumbnail_main(forwarded, prog="tusd-py thumbnail")
     refuse_tusd_only(argv)
+    argv, ignored = without_ignored(argv)
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args)
+    if ignored:
+        from .ops import logs
+
+        logs.configure(settings.log_level, settings.log_format)
+        for name in ignored:
+            logs.event("server.tusd_flag_ignored", flag=f"-{name}", why=TUSD_IGNORED[name][1])
     if args.command == "serve":
         serve(settings)
     else:

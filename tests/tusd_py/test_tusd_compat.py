@@ -98,7 +98,9 @@ def test_a_tusd_command_line_starts_the_server(tmp_path: Path) -> None:
     srv = ServerProcess(tmp_path / "data", [
         "-base-path", "/uploads/", "-max-size", "1000", "-behind-proxy",
         "-network-timeout=30s", "-hooks-enabled-events", "pre-create", "-expose-metrics=false",
-        "-disable-download", "-cors-expose-headers", "X-Upload-Tag"], port=port)
+        "-disable-download", "-cors-expose-headers", "X-Upload-Tag",
+        "-cors-allow-origin", r"https://.*\.example", "-acquire-lock-timeout", "5s",
+        "-enable-experimental-protocol", "-filelock-holder-poll-interval", "5s"], port=port)
     srv.start()
     try:
         with httpx.Client(timeout=10) as client:
@@ -116,8 +118,15 @@ def test_a_tusd_command_line_starts_the_server(tmp_path: Path) -> None:
             r = client.post(f"{srv.origin}/uploads/", headers={
                 **TUS, "Upload-Length": "1", "Origin": "https://app.example"})
             assert "x-upload-tag" in r.headers["Access-Control-Expose-Headers"].lower()
+            assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
+            r = client.post(f"{srv.origin}/uploads/", headers={
+                **TUS, "Upload-Length": "1", "Origin": "https://app.example.evil"})
+            assert "Access-Control-Allow-Origin" not in r.headers  # tusd's regex, in full
     finally:
         srv.stop()
+    log = srv.log()
+    assert "server.tusd_flag_ignored flag=-enable-experimental-protocol" in log
+    assert "server.tusd_flag_ignored flag=-filelock-holder-poll-interval" in log
 
 
 def test_tusd_only_flags_name_their_equivalent(tmp_path: Path) -> None:

@@ -40,16 +40,17 @@ def cors_middleware(settings: Settings) -> Middleware | None:
     spec = settings.cors_origins.strip()
     origins: list[str] = []
     regex: str | None = None
-    if spec.startswith("re:"):
+    if settings.cors_allow_origin:
+        regex = settings.cors_allow_origin  # tusd's -cors-allow-origin: a regex
+    elif spec.startswith("re:"):
         regex = spec[3:]  # matched in full against the Origin header
     elif spec in ("", "*"):
         origins = ["*"]
     else:
         origins = [o.rstrip("/") for o in _csv(spec)]
-    methods = _csv(settings.cors_allow_methods) or list(ALLOW_METHODS)
     return Middleware(
         CORSMiddleware, allow_origins=origins, allow_origin_regex=regex,
-        allow_methods=methods,
+        allow_methods=[*ALLOW_METHODS, *_csv(settings.cors_allow_methods)],
         allow_headers=[*ALLOW_HEADERS, *_csv(settings.cors_allow_headers)],
         expose_headers=[*EXPOSE_HEADERS, *_csv(settings.cors_expose_headers)],
         allow_credentials=settings.cors_allow_credentials, max_age=settings.cors_max_age)

@@ -38,8 +38,6 @@ from .buffers import WriteBuffers
 from .checksums import Hasher, new_hasher
 from .outcomes import AppendResult, Body, Outcome
 
-# Bound on the final save after an interruption (tusd: request-completion-timeout).
-FINAL_SAVE_SECONDS = 10.0
 # A transfer asked to release its upload stops once its body pauses this long.
 DRAIN_IDLE_SECONDS = 0.02
 # Writes may run this many checkpoint intervals ahead of a flush still in progress.
@@ -317,7 +315,8 @@ async def pump_body(
                     await _hand_over(send, pending)
     finally:
         # Shielded: the bytes that arrived must be saved even while we are being cancelled.
-        with anyio.CancelScope(shield=True), anyio.move_on_after(FINAL_SAVE_SECONDS):
+        with (anyio.CancelScope(shield=True),
+              anyio.move_on_after(settings.request_completion_timeout)):
             if writer.io_error is None:
                 if hasher is None:
                     await writer.checkpoint()
