@@ -23,6 +23,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None,
+                   timeout: float = 20.0) -> bool:
+    """Wait until something accepts connections on 127.0.0.1:port (False: `proc` exited, or
+    the timeout). A child's listening socket has no event a test can block on, so this is
+    the one poll for it that the suite shares."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 @dataclass
 class ServerProcess:
     """A `python -m tusd_py serve` child process; `url` is the tus endpoint."""
@@ -51,15 +68,10 @@ class ServerProcess:
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUSD_PY_")}
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
+        if wait_listening(self.port, self.proc, timeout):
+            return
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{self.log()}")
         raise RuntimeError(f"server did not listen within {timeout}s:\n{self.log()}")
 
     def log(self) -> str:

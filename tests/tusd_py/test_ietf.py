@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import ServerProcess, free_port, wait_listening
 from tests.e2e.rawhttp import Pattern, RawConn, Response, download_sha256, wait_state
 from tusd_py.ietf.headers import parse_dictionary
 
@@ -206,7 +205,7 @@ def test_interrupted_creation_is_resumed_with_head_and_patch(
     assert interim.status == 104
     url = interim.headers["location"]
     sent = conn.send_chunks([data[: 1 << 20]])
-    time.sleep(0.3)
+    time.sleep(0.3)  # the behaviour under test: the client pauses, then its connection is cut
     conn.abort()
 
     r = head(url, v)
@@ -281,9 +280,10 @@ def test_cancellation(server: ServerProcess, v: int) -> None:
     url = create_empty(server, v)
     r = request(url, "DELETE", draft(v))
     assert r.status == 204
-    assert head(url, v).status in (404, 410)
+    assert head(url, v).status == 410  # a tombstone is kept
     info = httpx.get(f"{server.origin}/api/uploads/{url.rsplit('/', 1)[1]}", timeout=10)
-    assert info.status_code == 404 or info.json()["state"] == "terminated"
+    assert info.status_code == 200
+    assert info.json()["state"] == "terminated"
 
 
 @pytest.mark.parametrize("v", VERSIONS)
@@ -525,14 +525,7 @@ def test_104_depends_on_the_server_protocol(tmp_path: Path, http: str,
     proc = subprocess.Popen([sys.executable, "-c", APP_SCRIPT, str(tmp_path / "d"), str(port),
                              http])
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.05)
+        assert wait_listening(port, proc)
         conn = RawConn(f"http://127.0.0.1:{port}/files/")
         try:
             conn.send_head("POST", {**draft(8), "Upload-Complete": "?1",
