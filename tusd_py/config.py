@@ -119,7 +119,10 @@ class Settings:
         choices=("tls13", "tls12", "tls12-strong")))
     cors_origins: str = setting("*", Flag(
         "--cors-origins", "allowed browser origins: '*', a comma-separated list, or "
-        "'re:<regex>'", "server", aliases=("--cors-allow-origin", "-cors-allow-origin")))
+        "'re:<regex>'", "server"))
+    cors_allow_origin: str = setting("", Flag(
+        "--cors-allow-origin", "tusd's spelling: a regular expression an Origin must match "
+        "in full (overrides --cors-origins)", "server", aliases=("-cors-allow-origin",)))
     disable_cors: bool = setting(False, Flag(
         "--disable-cors", "send no CORS headers (a proxy in front answers them)", "server",
         aliases=("-disable-cors",), kind="switch"))
@@ -127,7 +130,7 @@ class Settings:
         "--cors-allow-credentials", "let browsers send cookies and credentials", "server",
         aliases=("-cors-allow-credentials",), kind="switch"))
     cors_allow_methods: str = setting("", Flag(
-        "--cors-allow-methods", "comma list replacing the allowed methods", "server",
+        "--cors-allow-methods", "comma list of methods allowed besides tus's", "server",
         aliases=("-cors-allow-methods",)))
     cors_allow_headers: str = setting("", Flag(
         "--cors-allow-headers", "comma list of request headers allowed besides tus's", "server",
@@ -165,7 +168,8 @@ class Settings:
         "bytes are kept)", "limits", aliases=("-network-timeout",), parse=parse_seconds))
     lock_timeout: float = setting(20.0, Flag(
         "--lock-timeout", "seconds a request waits for a busy upload before answering 423",
-        "limits", parse=parse_seconds))
+        "limits", aliases=("--acquire-lock-timeout", "-acquire-lock-timeout"),
+        parse=parse_seconds))
     max_concurrent_uploads: int = setting(0, Flag(
         "--max-concurrent-uploads", "body transfers at once per owner (or client IP without "
         "auth); more are answered 429 (0 = no limit)", "limits", parse=int))
@@ -173,6 +177,10 @@ class Settings:
         "--buffer-memory", "MiB of write buffers shared by all body transfers of a process; "
         "each transfer's buffer (at most 1 MiB) shrinks as more run at once", "limits",
         parse=lambda raw: max(int(raw), 1) << 20, show=lambda v: str(v >> 20)))
+    request_completion_timeout: float = setting(10.0, Flag(
+        "--request-completion-timeout", "seconds a request may go on saving what it received "
+        "after its client went away or was asked to let go", "limits",
+        aliases=("-request-completion-timeout",), parse=parse_seconds))
     shutdown_timeout: float = setting(10.0, Flag(
         "--shutdown-timeout", "on SIGTERM, seconds in-flight requests get to save their bytes "
         "and answer", "limits", aliases=("-shutdown-timeout",), parse=parse_seconds))
@@ -243,8 +251,18 @@ class Settings:
         "--processing-timeout", "seconds one image job may take (enforced in its child "
         "process)", "processing", parse=parse_seconds, commands=_ALL))
     processing_memory_mb: int = setting(1024, Flag(
-        "--processing-memory-mb", "address-space limit of an image job's child process",
+        "--processing-memory-mb", "address-space limit of each thumbnail worker process "
+        "(set in the worker at start, so it bounds its whole life)",
         "processing", parse=int, commands=_ALL))
+    thumbnail_jobs_per_worker: int = setting(200, Flag(
+        "--thumbnail-jobs-per-worker", "image jobs a warm thumbnail worker process runs before "
+        "it is replaced by a fresh one (0 = never; crashed, timed-out and out-of-memory "
+        "workers are always replaced)", "processing", parse=int, commands=_ALL))
+    # the thumbnailer's DEFAULT_DECODE_MB (not imported here: that would load Pillow)
+    thumbnail_max_decode_mb: int = setting(64, Flag(
+        "--thumbnail-max-decode-mb", "memory an image that must be decoded whole (HEIC, AVIF, "
+        "GIF, WebP, BMP) may use; larger ones fail with the size they would need (the "
+        "thumbnailer's --max-decode-mb)", "processing", parse=int, commands=_ALL))
     processing_attempts: int = setting(5, Flag(
         "--processing-attempts", "attempts before a failing job is dead-lettered and the "
         "upload marked failed", "processing", parse=int, commands=_ALL))
@@ -345,7 +363,10 @@ class Settings:
         commands=_ALL))
     log_format: str = setting("text", Flag(
         "--log-format", "one line per event, as text or JSON", "logging",
-        choices=("text", "json"), commands=_ALL))
+        aliases=("-log-format",), choices=("text", "json"), commands=_ALL))
+    verbose: bool = setting(True, Flag(
+        "--verbose", "tusd's switch: false logs warnings and errors only", "logging",
+        aliases=("-verbose",), kind="switch", commands=_ALL))
     # --- tuning (no flag) --------------------------------------------------------------
     checkpoint_bytes: int = 32 << 20  # fsync + commit at least this often during a PATCH
     checkpoint_seconds: float = 2.0
