@@ -70,6 +70,20 @@ processing_in_progress = Gauge("tusd_py_processing_in_progress", "Jobs being pro
 processing_queue_depth = Gauge("tusd_py_processing_queue_depth",
                                "Completed uploads waiting to be processed (set at scrape)")
 
+# The processors' warm thumbnail workers (tusd_py/processing/pool.py).
+thumbnail_workers = Gauge("tusd_py_thumbnail_workers",
+                          "Thumbnail worker processes, by state (idle, busy, starting)",
+                          ["state"])
+thumbnail_workers_restarted = Counter(
+    "tusd_py_thumbnail_workers_restarted",
+    "Thumbnail worker processes retired and replaced, by reason (crashed, timeout, memory, "
+    "recycled, cancelled)", ["reason"])
+thumbnail_queue_depth = Gauge("tusd_py_thumbnail_queue_depth",
+                              "Image jobs waiting for a thumbnail worker")
+thumbnail_jobs = Counter("tusd_py_thumbnail_jobs",
+                         "Image jobs run by thumbnail workers, by outcome (ok, input, timeout, "
+                         "memory, crash, crashed, killed)", ["outcome"])
+
 
 def exposition() -> tuple[bytes, str]:
     plain = "".join(counter.render() for counter in _TUSD_PLAIN).encode()

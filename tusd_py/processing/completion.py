@@ -117,6 +117,9 @@ async def start_processing(tg: TaskGroup, backend: Backend, processor: Processor
     """Re-queue what a crash left behind, then run `settings.processors` workers."""
     if settings.processors <= 0:
         return
+    run_pool = getattr(processor, "run_pool", None)
+    if run_pool is not None:  # warm thumbnail workers, started with the processors
+        await tg.start(run_pool)
     recovered = await backend.queue.recover(backend.state)
     if recovered:
         logs.event("processing.recovered", count=recovered)

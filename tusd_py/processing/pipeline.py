@@ -3,24 +3,22 @@
 Every step can run again after a crash and gives the same final state: the
 final file is placed idempotently, thumbnails and the result JSON are written
 through temp files and renames, and nothing here deletes the upload's bytes.
-Image work runs in a child process (`python -m thumbnailer`) with its own
-memory and time limits, so a codec bug or a 2 GB TIFF cannot hurt the server.
+Image work runs in a warm worker process (`python -m thumbnailer.worker`, one of
+`--processors` kept by tusd_py/processing/pool.py) with its own memory and time
+limits, so a codec bug or a 2 GB TIFF cannot hurt the server.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 
 from storage import (
@@ -37,9 +35,9 @@ from thumbnailer.sniff import sniff
 from ..config import Settings
 from ..ops import logs
 from ..service.metadata import metadata_text
+from .pool import ThumbnailPool
 
 HASH_CHUNK = 4 << 20
-_PR_SET_PDEATHSIG = 1
 
 
 def sha256_file(path: Path) -> tuple[int, str]:
@@ -72,16 +70,19 @@ def _write_hashed(out: BinaryIO, digest: Any, chunk: bytes) -> None:
     digest.update(chunk)
 
 
-def _die_with_parent() -> None:
-    # A thumbnailer orphaned by a killed server must not keep running.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 class FinalizeProcessor:
     def __init__(self, settings: Settings, final: FinalFiles) -> None:
         self.settings = settings
         self.final = final
+        self.pool = ThumbnailPool(settings.processors, settings.processing_memory_mb,
+                                  settings.processing_timeout,
+                                  settings.thumbnail_jobs_per_worker)
+
+    async def run_pool(self, *, task_status: anyio.abc.TaskStatus[None] =
+                       anyio.TASK_STATUS_IGNORED) -> None:
+        """Keeps the warm thumbnail workers; start_processing runs it beside the processors
+        (without it, the first image job starts a worker)."""
+        await self.pool.run(task_status=task_status)
 
     def namespace(self, info: UploadInfo) -> str:
         return metadata_text(info.metadata, self.settings.namespace_key) or "default"
@@ -166,44 +167,38 @@ class FinalizeProcessor:
         file unless the bytes were downloaded from an object store)."""
         settings = self.settings
         out = final.parent / "thumbs"
-        cmd = [sys.executable, "-m", "thumbnailer", str(source), "--out", str(out),
-               "--format", settings.thumbnail_format,
-               "--memory-mb", str(settings.processing_memory_mb),
-               "--timeout", str(settings.processing_timeout)]
-        for size in settings.thumbnail_sizes:
-            cmd += ["--size", str(size)]
+        job = {"path": str(source), "out": str(out), "sizes": list(settings.thumbnail_sizes),
+               "format": settings.thumbnail_format,
+               "max_decode_mb": settings.thumbnail_max_decode_mb}
         started = time.monotonic()
 
-        def run() -> subprocess.CompletedProcess[str]:
-            # An attempt killed mid-write (kill -9 of the server) leaves its temp files:
-            # this attempt rewrites every thumbnail, so they are only litter.
+        def clean() -> None:
+            # An attempt killed mid-write (kill -9 of the server or of a worker) leaves its
+            # temp files: this attempt rewrites every thumbnail, so they are only litter.
             for stale in out.glob(".thumb-*") if out.is_dir() else ():
                 stale.unlink(missing_ok=True)
-            return subprocess.run(cmd, capture_output=True, text=True, check=False,
-                                  timeout=settings.processing_timeout + 10,
-                                  preexec_fn=_die_with_parent)
 
-        try:
-            done = await anyio.to_thread.run_sync(run)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(
-                f"thumbnailer ran over {settings.processing_timeout:g} s") from None
-        if done.returncode == 2:
-            reason = (done.stderr.strip().splitlines() or ["unreadable image"])[-1]
-            # Users see this reason: name the file as they know it, not by server path.
+        await anyio.to_thread.run_sync(clean)
+        # WorkerDied / JobTimeout / WorkerStartFailed propagate: retried, then dead-lettered.
+        reply = await self.pool.submit(job, info.id)
+        if not reply.get("ok"):
+            reason = str(reply.get("error") or "unreadable image")
+            if reply.get("kind") == "crash":  # a bug in the thumbnailer: worth a retry
+                raise RuntimeError(f"thumbnailer failed: {reason}")
+            # Users see this reason: name the file as they know it, not by server path, and
+            # the limit by the server's flag.
             relative = final.relative_to(self.final.root).as_posix()
-            raise PermanentProcessingError(reason.replace(str(source), relative))
-        if done.returncode != 0:
-            tail = (done.stderr.strip().splitlines() or [""])[-1]
-            raise RuntimeError(f"thumbnailer exited {done.returncode}: {tail}")
-        image: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+            reason = reason.replace(str(source), relative).replace(
+                "(--max-decode-mb)", "(--thumbnail-max-decode-mb)")
+            raise PermanentProcessingError(reason)
+        image: dict[str, Any] = reply["meta"]
         width, height = int(image.get("width") or 0), int(image.get("height") or 0)
         logs.event("processing.image", info.id, format=image.get("format"),
                    width=width, height=height,
                    # What a naive full decode to RGB would have needed.
                    full_decode_mb=round(width * height * 3 / 2**20),
                    path=image.get("path"), reduction=image.get("reduction"),
-                   peak_rss_mb=image.get("peak_rss_mb"))
+                   peak_rss_mb=image.get("peak_rss_mb"), worker_rss_mb=reply.get("rss_mb"))
         for thumb in image.get("thumbnails", []):
             logs.event("processing.thumbnail", info.id, thumbnail=thumb.get("name"),
                        width=thumb.get("width"), height=thumb.get("height"))
