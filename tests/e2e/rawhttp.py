@@ -131,6 +131,23 @@ class Response:
     body: bytes
 
 
+def _proc_addr(host: str, port: int) -> str:
+    """127.0.0.1:8080 as /proc/net/tcp spells it: 0100007F:1F90."""
+    return f"{socket.inet_aton(host)[::-1].hex().upper()}:{port:04X}"
+
+
+def _tcp_queues() -> dict[str, tuple[int, int]]:
+    """"local remote" -> (tx_queue, rx_queue) for every IPv4 TCP socket of this host."""
+    out: dict[str, tuple[int, int]] = {}
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            tx, rx = fields[4].split(":")
+            out[f"{fields[1]} {fields[2]}"] = (int(tx, 16), int(rx, 16))
+    return out
+
+
 class RawConn:
     """One hand-driven HTTP/1.1 connection."""
 
@@ -142,6 +159,25 @@ class RawConn:
         self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buf = b""
+
+    def wait_delivered(self, timeout: float = 10.0) -> None:
+        """Wait until the server process has read every byte sent on this connection: our
+        send queue is empty and so is the receive queue of the server's end of the socket
+        (both in /proc/net/tcp; loopback, same host). What the server does with the bytes
+        has no event of its own until the request ends, so this is polled - here only."""
+        local = self.sock.getsockname()
+        peer = self.sock.getpeername()
+        mine = f"{_proc_addr(local[0], local[1])} {_proc_addr(peer[0], peer[1])}"
+        theirs = f"{_proc_addr(peer[0], peer[1])} {_proc_addr(local[0], local[1])}"
+        deadline = time.monotonic() + timeout
+        while True:
+            queues = _tcp_queues()
+            tx = queues.get(mine, (0, 0))[0]
+            rx = queues.get(theirs, (0, 0))[1]
+            if tx == 0 and rx == 0:
+                return
+            assert time.monotonic() < deadline, f"server left {tx + rx} bytes unread"
+            time.sleep(0.01)
 
     def send_head(self, method: str, headers: dict[str, str]) -> None:
         lines = [f"{method} {self.path} HTTP/1.1", f"Host: {self.host}"]

@@ -8,7 +8,8 @@ import threading
 from collections.abc import Callable, Iterable
 
 from tests.conftest import ServerProcess
-from tests.e2e.rawhttp import Pattern, download_sha256, upload_id
+from tests.e2e.rawhttp import Pattern, create_upload, download_sha256, patch, upload_id
+from tests.tusd_py.helpers import LogWatch
 
 Start = Callable[..., ServerProcess]  # the `start_server` fixture
 
@@ -24,9 +25,32 @@ def events(servers: Iterable[ServerProcess], name: str, uid: str) -> list[str]:
     return [line for s in servers for line in s.log().splitlines() if pattern.search(line)]
 
 
+def wait_event(servers: Iterable[ServerProcess], name: str, uid: str, *, count: int = 1,
+               timeout: float = 20.0) -> str:
+    """Wait until event `name` for upload `uid` is in any instance's log (`count` times)."""
+    return LogWatch(*servers, from_start=True).wait_event(name, uid, count=count,
+                                                          timeout=timeout)
+
+
+def process_marker(servers: Iterable[ServerProcess], timeout: float = 20.0) -> str:
+    """A "nothing else happened" marker for processing: a one-byte upload finished now,
+    waited for until processed. Completion jobs are delivered in order, so by then every
+    earlier job - a duplicate delivery too - has been taken by an instance."""
+    servers = list(servers)
+    live = next(s for s in servers if s.proc is not None and s.proc.poll() is None)
+    url = create_upload(live, 1)
+    r = patch(url, 0, [b"m"], 1)
+    assert r.status == 204, (r.status, r.body)
+    wait_event(servers, "processing.done", upload_id(url), timeout=timeout)
+    return url
+
+
 def assert_processed_once(servers: Iterable[ServerProcess], url: str) -> None:
+    """Exactly one processing run for the upload; waits for a later marker upload's
+    processing first, so that a duplicate run would have shown up."""
     uid = upload_id(url)
     servers = list(servers)
+    process_marker(servers)
     started = events(servers, "processing.started", uid)
     done = events(servers, "processing.done", uid)
     assert len(started) == 1, f"processing.started {len(started)}x for {uid}: {started}"

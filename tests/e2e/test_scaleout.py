@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from storage.redis.client import RELEASE_CHANNEL
 from tests.conftest import RedisServer, ServerProcess, free_port
 from tests.e2e.rawhttp import (
     CHECKPOINT,
@@ -36,7 +37,16 @@ from tests.e2e.rawhttp import (
     upload_id,
     wait_state,
 )
-from tests.e2e.support import Start, assert_processed_once, assert_stored, events, on
+from tests.e2e.support import (
+    Start,
+    assert_processed_once,
+    assert_stored,
+    events,
+    on,
+    process_marker,
+    wait_event,
+)
+from tests.tusd_py.helpers import LogWatch, wait_for
 
 # --------------------------------------------------------------------------- helpers
 
@@ -85,8 +95,7 @@ def test_round_robin_chunks_across_three_instances(
     for s in servers:  # every instance reads the same record
         assert wait_state(s, url, {"processed"}, timeout=5)["offset"] == data.size
     assert_stored(servers, url, data)
-    time.sleep(1.5)  # a duplicate delivery would show up by now
-    assert_processed_once(servers, url)
+    assert_processed_once(servers, url)  # waits for a later upload's processing first
 
 
 # ------------------------------------------------------------- 2. cut on A, resume on B
@@ -104,9 +113,9 @@ def test_cut_patch_on_a_resumes_on_b(
     old.start_patch(0, data.size)
     sent = old.send_chunks(data.chunks(0, 6 * MiB))
     assert sent == 6 * MiB
+    old.wait_delivered()  # A has read all that is in flight (far below --network-timeout 30)
     if how == "close":
         old.close()  # FIN after the kernel delivered everything
-    time.sleep(0.5)  # let A drain what is in flight (far below --network-timeout 30)
 
     t0 = time.monotonic()
     offset = head_offset(on(b, url), timeout=10)
@@ -130,7 +139,6 @@ def test_cut_patch_on_a_resumes_on_b(
     print(f"[{how}] resumed on B from {offset} and finished in {time.monotonic() - t1:.2f}s")
     assert_stored([a, b], url, data)
     wait_state(a, url, {"processed"}, timeout=15)
-    time.sleep(1.0)
     assert_processed_once([a, b], url)
 
 
@@ -148,7 +156,8 @@ def test_instance_killed_mid_patch_resumes_on_other(
     conn.start_patch(0, data.size)
     sent = conn.send_chunks(data.chunks(0, 40 * MiB))  # past one 32 MiB checkpoint
     assert sent == 40 * MiB
-    time.sleep(2.5)  # and past a 2 s checkpoint: what A received is committed
+    conn.wait_delivered()  # A has read it all,
+    wait_event([a], "upload.checkpoint", upload_id(url))  # and committed its first 32 MiB
     a.kill()  # SIGKILL: no release, the lock stays in Redis until A's heartbeat expires
     conn.abort()
 
@@ -168,7 +177,6 @@ def test_instance_killed_mid_patch_resumes_on_other(
     finish(on(b, url), data, offset)
     assert_stored([b], url, data)
     wait_state(b, url, {"processed"}, timeout=15)
-    time.sleep(1.0)
     assert_processed_once([a, b], url)
 
 
@@ -213,7 +221,6 @@ def test_racing_patches_across_instances_do_not_interleave(
         }
         assert sha in candidates, f"interleaved content (statuses {statuses}, offset {offset})"
     wait_state(b_srv, url, {"processed"}, timeout=15)
-    time.sleep(1.0)
     assert_processed_once([a_srv, b_srv], url)
 
 
@@ -255,7 +262,7 @@ def test_completion_exactly_once_across_instances(
         assert info["file"]["sha256"] == data.sha256(), info
         assert info["file"]["size"] == data.size, info
         assert_stored([servers[i % 3]], url, data)
-    time.sleep(2.0)  # a duplicate delivery would show up by now
+    process_marker(servers)  # any duplicate delivery was taken by now
     for url, _ in uploads:
         assert_processed_once(servers, url)
     workers = {
@@ -301,6 +308,7 @@ def test_redis_restart_mid_upload(
     assert r.status == 204, (r.status, r.body)
     assert int(r.headers["upload-offset"]) == half
 
+    outage = LogWatch(a, b)
     redis_server.stop()
     try:
         patch_headers = {**TUS, "Content-Type": "application/offset+octet-stream",
@@ -310,19 +318,19 @@ def test_redis_restart_mid_upload(
         assert_unavailable("HEAD", on(a, url), headers=TUS)
         assert_unavailable("HEAD", on(b, url), headers=TUS)
         assert_unavailable("POST", a.url, headers={**TUS, "Upload-Length": "10"})
-        time.sleep(1.5)  # long enough for every background loop to notice the outage
+        # Every background loop of both instances has noticed the outage, and lives on.
+        for event in ("lock.pubsub_reconnect", "processing.queue_unavailable"):
+            outage.wait_event(event, count=2)
         for s in (a, b):
             assert s.proc is not None and s.proc.poll() is None, "an instance died"
     finally:
         redis_server.start()
 
-    # The AOF kept the committed offset; both instances reconnect by themselves.
-    deadline = time.monotonic() + 10
-    while True:
-        r_head = httpx.head(on(b, url), headers=TUS, timeout=15)
-        if r_head.status_code not in (423, 503) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    # The AOF kept the committed offset; both instances reconnect by themselves (no event
+    # marks a reconnection: the shared poll).
+    assert wait_for(lambda: httpx.head(on(b, url), headers=TUS, timeout=15).status_code
+                    not in (423, 503), timeout=10)
+    r_head = httpx.head(on(b, url), headers=TUS, timeout=15)
     assert r_head.status_code == 200, (r_head.status_code, r_head.text)
     assert int(r_head.headers["Upload-Offset"]) == half
     assert head_offset(on(a, url)) == half
@@ -330,11 +338,16 @@ def test_redis_restart_mid_upload(
     problems: list[str] = []
     # After the outage the instances must again hear release requests: a half-open PATCH
     # on A is stopped (423) as soon as B asks for the upload, as before the outage.
-    time.sleep(1.0)  # heartbeats are re-set every second
+    # Both are subscribed to release requests again (Redis counts the subscribers).
+    import redis
+
+    store = redis.Redis.from_url(redis_url)
+    assert wait_for(lambda: store.pubsub_numsub(RELEASE_CHANNEL)[0][1] == 2, timeout=10), \
+        store.pubsub_numsub(RELEASE_CHANNEL)
     old = RawConn(on(a, url))
     old.start_patch(half, data.size - half)
     assert old.send_chunks(data.chunks(half, half + 2 * MiB)) == 2 * MiB
-    time.sleep(0.5)
+    old.wait_delivered()
     t0 = time.monotonic()
     offset = head_offset(on(b, url))
     print(f"after the restart: HEAD on B behind A's half-open PATCH in "
@@ -354,14 +367,11 @@ def test_redis_restart_mid_upload(
     try:
         info = wait_state(a, url, {"processed"}, timeout=15)
         assert info["offset"] == data.size, info
-        time.sleep(1.0)
         assert_processed_once([a, b], url)
     except AssertionError as exc:
         problems.append(f"completion after the outage: {exc}")
 
-    import redis
-
-    alive = redis.Redis.from_url(redis_url).keys("tus:instance:*")
+    alive = store.keys("tus:instance:*")
     if len(alive) != 2:
         problems.append(f"{len(alive)} of 2 instances heart-beat after the outage: {alive}")
     assert not problems, "after a Redis restart:\n" + "\n".join(problems)

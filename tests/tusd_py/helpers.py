@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,8 +154,8 @@ def event_re(name: str, uid: str | None = None) -> str:
 
 
 class LogWatch:
-    """Follows the log files of one or more servers from where they end now (or from their
-    start): `wait(regex)` returns once a line matching it has been written.
+    """Follows the log files of one or more servers (or log paths) from where they end now
+    (or from their start): `wait(regex)` returns once a line matching it has been written.
 
     This is how a test waits for something the server did (`processing.done`,
     `upload.checkpoint`, `request.done`, ...) instead of sleeping for a while. A "nothing
@@ -163,19 +163,20 @@ class LogWatch:
     Restarting a server appends to the same log file, so a watch outlives restarts.
     """
 
-    def __init__(self, *servers: ServerProcess, from_start: bool = False) -> None:
-        self.servers = servers
+    def __init__(self, *sources: ServerProcess | Path, from_start: bool = False) -> None:
         self._pos: dict[Path, int] = {}
         self._partial: dict[Path, bytes] = {}
         self.lines: list[str] = []
-        for s in servers:
-            assert s.log_path is not None, "server not started"
-            self._pos[s.log_path] = 0 if from_start or not s.log_path.exists() \
-                else s.log_path.stat().st_size
-            self._partial[s.log_path] = b""
+        for source in sources:
+            path = source if isinstance(source, Path) else source.log_path
+            assert path is not None, "server not started"
+            self._pos[path] = 0 if from_start or not path.exists() else path.stat().st_size
+            self._partial[path] = b""
 
     def _read(self) -> None:
         for path, pos in self._pos.items():
+            if not path.exists():
+                continue
             with path.open("rb") as f:
                 f.seek(pos)
                 data = f.read()
@@ -189,11 +190,13 @@ class LogWatch:
         rx = re.compile(pattern)
         return [line for line in self.lines if rx.search(line)]
 
-    def wait(self, pattern: str, *, count: int = 1, timeout: float = 15.0) -> str:
-        """Block until `count` lines match `pattern`; return the count-th one."""
+    def wait(self, pattern: str, *, count: int = 1, timeout: float = 15.0,
+             where: Callable[[str], bool] | None = None) -> str:
+        """Block until `count` lines match `pattern` (and `where`, when given); return the
+        count-th one."""
         deadline = time.monotonic() + timeout
         while True:
-            found = self.matches(pattern)
+            found = [line for line in self.matches(pattern) if where is None or where(line)]
             if len(found) >= count:
                 return found[count - 1]
             if time.monotonic() > deadline:
@@ -205,6 +208,13 @@ class LogWatch:
     def wait_event(self, name: str, uid: str | None = None, *, count: int = 1,
                    timeout: float = 15.0) -> str:
         return self.wait(event_re(name, uid), count=count, timeout=timeout)
+
+
+def log_field(line: str, name: str) -> str:
+    """The value of `name=...` in a text log line."""
+    found = re.search(rf"\b{re.escape(name)}=(\S+)", line)
+    assert found, (name, line)
+    return found.group(1)
 
 
 def wait_log(server: ServerProcess, pattern: str, *, timeout: float = 15.0) -> str:
