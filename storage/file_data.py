@@ -13,7 +13,7 @@ from .base import UploadNotFound
 from .fsync import fsync_path
 from .ids import is_valid_upload_id
 
-READ_CHUNK = 1 << 20
+READ_CHUNK = 256 << 10  # one download holds at most one chunk, however slow its reader
 _IOV_MAX = 512
 
 

@@ -28,6 +28,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from . import sendfile
+
 EXTENSION = "tusd_py.informational"
 Headers = Sequence[tuple[str, str]]
 Sender = Callable[[int, Headers], Awaitable[bool]]
@@ -210,6 +212,7 @@ else:
             cycle = self.cycle
             if cycle is not None and cycle is not before:
                 _attach(cycle.scope, _httptools_sender(cycle))
+                sendfile.attach(cycle.scope, cycle)
                 # An instance attribute: run_asgi() looks receive up when the task starts.
                 setattr(cycle, "receive", _keeping_received_body(cycle))  # noqa: B010
 

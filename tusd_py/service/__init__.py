@@ -2,8 +2,8 @@
 expiry. Protocol-neutral: the tus and IETF adapters call it, it never calls them."""
 
 from .caller import NOBODY, Caller
-from .outcomes import AppendResult, Body, Created, Outcome
+from .outcomes import AppendResult, Body, Created, Download, Outcome
 from .uploads import Hold, UploadService
 
-__all__ = ["NOBODY", "AppendResult", "Body", "Caller", "Created", "Hold", "Outcome",
+__all__ = ["NOBODY", "AppendResult", "Body", "Caller", "Created", "Download", "Hold", "Outcome",
            "UploadService"]

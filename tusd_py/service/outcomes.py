@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from storage import UploadInfo
@@ -50,6 +51,17 @@ class Body:
     chunks: AsyncIterator[bytes]
     length: int | None  # Content-Length, None when chunked
     disconnect: tuple[type[BaseException], ...] = ()
+
+
+@dataclass(frozen=True)
+class Download:
+    """A finished upload's bytes: a local file the kernel can send (`file`), or read
+    through the process in chunks (`read(id, start, end)`)."""
+
+    upload_id: str
+    size: int
+    file: Path | None
+    read: Callable[[str, int, int], AsyncIterator[bytes]]
 
 
 @dataclass

@@ -27,6 +27,7 @@ from storage import (
     FinalFiles,
     InvalidTransition,
     Lease,
+    LocalFiles,
     LockTimeout,
     ObjectOutputs,
     UploadInfo,
@@ -44,7 +45,7 @@ from .caller import NOBODY, Caller
 from .checksums import new_hasher
 from .concat import known_total, load_partials
 from .metadata import encoded, metadata_text
-from .outcomes import AppendResult, Body, Created, Outcome
+from .outcomes import AppendResult, Body, Created, Download, Outcome
 from .slots import UploadSlots
 from .transfer import pump_body
 
@@ -152,17 +153,19 @@ class UploadService:
             return await data.read_output(relative)
         return await anyio.to_thread.run_sync(self.final.read_output, relative)
 
-    async def download(self, info: UploadInfo, start: int, end: int) -> AsyncIterator[bytes]:
-        """The bytes [start, end) of a finished upload."""
+    async def download(self, info: UploadInfo) -> Download:
+        """Where a finished upload's bytes can be read from."""
         if self.settings.disable_download:
             raise TusError.feature_disabled("download")
         if not info.state.finished or info.size is None:
             raise TusError.not_finished()
+        data = self.backend.data
         if info.state is not UploadState.PROCESSED:
             # Downloaded before processing ran: an object store assembles the parts now
             # (idempotent; processing does the same, and a no-op for files).
-            await self.backend.data.finish(info.id, info.size)
-        return self.backend.data.read(info.id, start, end)
+            await data.finish(info.id, info.size)
+        return Download(info.id, info.size, data.path(info.id)
+                        if isinstance(data, LocalFiles) else None, data.read)
 
     # --- locks -------------------------------------------------------------------------
     @asynccontextmanager

@@ -4,9 +4,10 @@ import re
 from urllib.parse import quote
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from ..errors import TusError
+from ..http.download import DownloadResponse
 from ..http.request import service_of
 from ..service.metadata import metadata_text
 from .headers import TUS_VERSION
@@ -52,9 +53,8 @@ async def get(request: Request) -> Response:
     """Download a finished upload (not part of tus; every tus server offers it)."""
     service = service_of(request)
     info = await service.load(request.path_params["upload_id"])
-    if not info.state.finished or info.size is None:
-        raise TusError.not_finished()
-    size = info.size
+    download = await service.download(info)
+    size = download.size
     claimed = (metadata_text(info.metadata, "filetype") or "").strip().lower()
     content_type = claimed if _MIME.fullmatch(claimed) else "application/octet-stream"
     filename = metadata_text(info.metadata, "filename")
@@ -77,5 +77,5 @@ async def get(request: Request) -> Response:
     headers["Content-Length"] = str(end - start)
     if request.method == "HEAD" or end == start:
         return Response(status_code=status, headers=headers)
-    body = await service.download(info, start, end)
-    return StreamingResponse(body, status_code=status, headers=headers)
+    return DownloadResponse(download, start, end, status, headers,
+                            idle_timeout=service.settings.network_timeout)
