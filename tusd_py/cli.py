@@ -53,6 +53,22 @@ TUSD_IGNORED = {
 }
 
 
+def migration_table() -> str:
+    """README's "Migrating from tusd" table: every tusd flag and what tusd-py does with it."""
+    rows: list[tuple[str, str, str]] = []
+    for option in options():
+        tusd = [a for a in option.flag.aliases if a.startswith("-") and not a.startswith("--")]
+        for name in tusd:
+            rows.append((name, f"`{option.flag.name}`", option.flag.help))
+    rows.append(("-version", "`--version`", "print the version"))
+    rows += [(f"-{name}", "accepted, no effect", why) for name, (_, why) in TUSD_IGNORED.items()]
+    rows += [(f"-{name}", "refused at start", why) for name, why in TUSD_ONLY.items()]
+    lines = ["| tusd flag | tusd-py | notes |", "|---|---|---|"]
+    lines += [f"| `{tusd}` | {ours} | {note.replace('|', '/')} |"
+              for tusd, ours, note in sorted(rows)]
+    return "\n".join(lines) + "\n"
+
+
 def without_ignored(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """argv without TUSD_IGNORED flags (and their values); the names dropped."""
     kept: list[str] = []

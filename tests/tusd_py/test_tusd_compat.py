@@ -22,6 +22,7 @@ import pytest
 from tusclient import client as tus_client
 
 from tests.conftest import ServerProcess, free_port
+from tusd_py.cli import migration_table
 from tusd_py.config import flag_table
 
 from .helpers import OFFSET_CT, TUS, serve_refusing
@@ -195,12 +196,43 @@ def test_version() -> None:
         assert proc.stdout.strip() == "tusd-py 0.1.0"
 
 
-def test_the_readme_flag_table_is_generated_from_the_settings() -> None:
+def readme_part(name: str) -> str:
     readme = (ROOT / "README.md").read_text()
-    start, end = "<!-- flags:start -->\n", "<!-- flags:end -->"
+    start, end = f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
     assert start in readme and end in readme
-    table = readme.split(start, 1)[1].split(end, 1)[0]
-    assert table == flag_table(), "regenerate it: python -m tusd_py.config"
+    return readme.split(start, 1)[1].split(end, 1)[0]
+
+
+def test_the_readme_flag_table_is_generated_from_the_settings() -> None:
+    assert readme_part("flags") == flag_table(), "regenerate it: python -m tusd_py.config"
+
+
+# Every flag of tusd 2.x (cmd/tusd/cli/flags.go, and the ones issue #19 names from 2.10).
+TUSD_FLAGS = (
+    "host", "port", "unix-sock", "base-path", "behind-proxy", "tls-certificate", "tls-key", "tls-
+    mode", "enable-experimental-protocol", "disable-download", "disable-termination", "disable-
+    concatenation", "max-size", "disable-cors", "cors-allow-origin", "cors-allow-credentials",
+    "cors-allow-methods", "cors-allow-headers", "cors-max-age", "cors-expose-headers", "upload-
+    dir", "dir-perms", "file-perms", "filelock-holder-poll-interval", "filelock-acquirer-poll-
+    interval", "s3-bucket", "s3-object-prefix", "s3-endpoint", "s3-part-size", "s3-max-buffered-
+    parts", "s3-disable-content-hashes", "s3-disable-ssl", "s3-concurrent-part-uploads",
+    "s3-transfer-acceleration", "s3-log-api-calls", "gcs-bucket", "gcs-object-prefix", "azure-
+    storage", "azure-container-access-type", "azure-blob-access-tier", "azure-object-prefix",
+    "azure-endpoint", "hooks-enabled-events", "progress-hooks-interval", "hooks-dir", "hooks-http",
+    "hooks-http-forward-headers", "hooks-http-retry", "hooks-http-backoff", "hooks-grpc", "hooks-
+    grpc-retry", "hooks-grpc-backoff", "hooks-grpc-secure", "hooks-grpc-server-tls-certificate",
+    "hooks-grpc-client-tls-certificate", "hooks-grpc-client-tls-key", "hooks-plugin", "expose-
+    metrics", "metrics-path", "expose-pprof", "pprof-path", "pprof-block-profile-rate", "pprof-
+    mutex-profile-rate", "show-greeting", "version", "verbose", "log-format", "network-timeout",
+    "shutdown-timeout", "acquire-lock-timeout", "request-completion-timeout",
+)
+
+
+def test_every_tusd_flag_is_in_the_migration_table() -> None:
+    table = readme_part("tusd-flags")
+    assert table == migration_table(), "regenerate it (see the README)"
+    listed = set(re.findall(r"^\| `-([a-z0-9-]+)` \|", table, re.M))
+    assert set(TUSD_FLAGS) - listed == set()
 
 
 # --- unix socket -----------------------------------------------------------------------
