@@ -209,22 +209,24 @@ def test_the_readme_flag_table_is_generated_from_the_settings() -> None:
 
 # Every flag of tusd 2.x (cmd/tusd/cli/flags.go, and the ones issue #19 names from 2.10).
 TUSD_FLAGS = (
-    "host", "port", "unix-sock", "base-path", "behind-proxy", "tls-certificate", "tls-key", "tls-
-    mode", "enable-experimental-protocol", "disable-download", "disable-termination", "disable-
-    concatenation", "max-size", "disable-cors", "cors-allow-origin", "cors-allow-credentials",
-    "cors-allow-methods", "cors-allow-headers", "cors-max-age", "cors-expose-headers", "upload-
-    dir", "dir-perms", "file-perms", "filelock-holder-poll-interval", "filelock-acquirer-poll-
-    interval", "s3-bucket", "s3-object-prefix", "s3-endpoint", "s3-part-size", "s3-max-buffered-
-    parts", "s3-disable-content-hashes", "s3-disable-ssl", "s3-concurrent-part-uploads",
-    "s3-transfer-acceleration", "s3-log-api-calls", "gcs-bucket", "gcs-object-prefix", "azure-
-    storage", "azure-container-access-type", "azure-blob-access-tier", "azure-object-prefix",
-    "azure-endpoint", "hooks-enabled-events", "progress-hooks-interval", "hooks-dir", "hooks-http",
-    "hooks-http-forward-headers", "hooks-http-retry", "hooks-http-backoff", "hooks-grpc", "hooks-
-    grpc-retry", "hooks-grpc-backoff", "hooks-grpc-secure", "hooks-grpc-server-tls-certificate",
-    "hooks-grpc-client-tls-certificate", "hooks-grpc-client-tls-key", "hooks-plugin", "expose-
-    metrics", "metrics-path", "expose-pprof", "pprof-path", "pprof-block-profile-rate", "pprof-
-    mutex-profile-rate", "show-greeting", "version", "verbose", "log-format", "network-timeout",
-    "shutdown-timeout", "acquire-lock-timeout", "request-completion-timeout",
+    "host", "port", "unix-sock", "base-path", "behind-proxy", "tls-certificate", "tls-key",
+    "tls-mode", "enable-experimental-protocol", "disable-download", "disable-termination",
+    "disable-concatenation", "max-size", "disable-cors", "cors-allow-origin",
+    "cors-allow-credentials", "cors-allow-methods", "cors-allow-headers", "cors-max-age",
+    "cors-expose-headers", "upload-dir", "dir-perms", "file-perms",
+    "filelock-holder-poll-interval", "filelock-acquirer-poll-interval", "s3-bucket",
+    "s3-object-prefix", "s3-endpoint", "s3-part-size", "s3-max-buffered-parts",
+    "s3-disable-content-hashes", "s3-disable-ssl", "s3-concurrent-part-uploads",
+    "s3-transfer-acceleration", "s3-log-api-calls", "gcs-bucket", "gcs-object-prefix",
+    "azure-storage", "azure-container-access-type", "azure-blob-access-tier",
+    "azure-object-prefix", "azure-endpoint", "hooks-enabled-events", "progress-hooks-interval",
+    "hooks-dir", "hooks-http", "hooks-http-forward-headers", "hooks-http-retry",
+    "hooks-http-backoff", "hooks-grpc", "hooks-grpc-retry", "hooks-grpc-backoff",
+    "hooks-grpc-secure", "hooks-grpc-server-tls-certificate", "hooks-grpc-client-tls-certificate",
+    "hooks-grpc-client-tls-key", "hooks-plugin", "expose-metrics", "metrics-path", "expose-pprof",
+    "pprof-path", "pprof-block-profile-rate", "pprof-mutex-profile-rate", "show-greeting",
+    "version", "verbose", "log-format", "network-timeout", "shutdown-timeout",
+    "acquire-lock-timeout", "request-completion-timeout",
 )
 
 
