@@ -82,7 +82,7 @@ async def test_a_release_while_a_batch_is_handed_over_never_writes_it_twice(
 
     async def open_gate_when_blocked() -> None:
         await handing_over.wait()
-        await anyio.sleep(0.05)  # the pump is now blocked in the hand-over
+        await anyio.wait_all_tasks_blocked()  # the pump is now blocked in the hand-over
         data.gate.set()
 
     async with (backend.locker.hold(info.id, on_release_requested=release.cancel,
@@ -122,7 +122,7 @@ async def test_a_transfer_asked_to_release_keeps_reading_what_is_in_flight(
             yield sent[-1]
         asked.set()
         for i in range(10, 20):  # still in flight after it: must be kept
-            await anyio.sleep(0.001)
+            await anyio.sleep(0.001)  # the behaviour: bytes still arriving from the network
             sent.append(bytes([i]) * 1000)
             yield sent[-1]
         await anyio.sleep_forever()  # then the body stalls
@@ -144,3 +144,21 @@ async def test_a_transfer_asked_to_release_keeps_reading_what_is_in_flight(
     assert result.info.offset == 20_000, "bytes in flight at the release request were dropped"
     assert (tmp_path / "uploads" / info.id).read_bytes() == b"".join(sent)
     assert stopped < 1.0  # a stalled body does not hold the lock for long
+
+
+def test_checkpoints_stretch_with_the_number_of_transfers() -> None:
+    """A few transfers checkpoint every 2 s; thousands of slow ones share a budget of
+    CHECKPOINTS_PER_SECOND record writes, never more than MAX_CHECKPOINT_SECONDS apart."""
+    from tusd_py.service.transfer import (
+        CHECKPOINTS_PER_SECOND,
+        MAX_CHECKPOINT_SECONDS,
+        checkpoint_interval,
+    )
+
+    assert checkpoint_interval(2.0, 1) == 2.0
+    assert checkpoint_interval(2.0, 500) == 2.0
+    assert checkpoint_interval(2.0, 1000) == 1000 / CHECKPOINTS_PER_SECOND
+    assert checkpoint_interval(2.0, 3000) == min(3000 / CHECKPOINTS_PER_SECOND,
+                                                 MAX_CHECKPOINT_SECONDS)
+    assert checkpoint_interval(2.0, 100_000) == MAX_CHECKPOINT_SECONDS
+    assert checkpoint_interval(30.0, 100_000) == 30.0  # a longer configured base wins

@@ -38,6 +38,13 @@ from .buffers import WriteBuffers
 from .checksums import Hasher, new_hasher
 from .outcomes import AppendResult, Body, Outcome
 
+# Checkpoints (fsync + a record write each) a process aims at per second when many
+# transfers run: with thousands of slow mobile uploads, a fixed 2 s interval made those
+# record rewrites most of the worker threads' time. The interval stretches with the
+# number of transfers, up to MAX_CHECKPOINT_SECONDS: a crash (not a disconnect, which
+# always saves what arrived) then loses at most that many seconds of a client's bytes.
+CHECKPOINTS_PER_SECOND = 250
+MAX_CHECKPOINT_SECONDS = 15.0
 # A transfer asked to release its upload stops once its body pauses this long.
 DRAIN_IDLE_SECONDS = 0.02
 # Writes may run this many checkpoint intervals ahead of a flush still in progress.
@@ -52,6 +59,11 @@ class Host(Protocol):
     buffers: WriteBuffers
 
     def next_expiry(self) -> float | None: ...
+
+
+def checkpoint_interval(base: float, transfers: int) -> float:
+    """Seconds between time-based checkpoints of one transfer while `transfers` run."""
+    return max(base, min(transfers / CHECKPOINTS_PER_SECOND, MAX_CHECKPOINT_SECONDS))
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -111,7 +123,8 @@ class _Writer:
         uncommitted = self.written - self.info.offset
         if self.checkpoints and (
             uncommitted >= settings.checkpoint_bytes
-            or time.monotonic() - self.last_checkpoint >= settings.checkpoint_seconds
+            or time.monotonic() - self.last_checkpoint
+            >= checkpoint_interval(settings.checkpoint_seconds, self.ctx.buffers.active)
         ):
             if self._flushing is not None:
                 if uncommitted >= MAX_UNCOMMITTED_CHECKPOINTS * settings.checkpoint_bytes:
