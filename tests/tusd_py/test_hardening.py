@@ -99,7 +99,7 @@ def test_raw_nul_and_control_bytes_in_the_path_are_refused(hserver: ServerProces
         # A parser refusal (400) or a plain close; never an answer about a file.
         if answer:
             status = int(answer.split(b" ", 2)[1])
-            assert status in (400, 404), answer[:200]
+            assert status == 400, answer[:200]
 
 
 def test_api_views_refuse_escaping_ids(hserver: ServerProcess) -> None:
@@ -204,9 +204,10 @@ def test_max_size_on_creation(hserver: ServerProcess, client: httpx.Client) -> N
     r = client.post(hserver.url, headers={**TUS, "Upload-Length": str(MAX + 1)})
     assert r.status_code == 413 and "Location" not in r.headers, r.text
     assert_error_body(r)
-    for absurd in ("9" * 19, "18446744073709551616", "9" * 100):
+    # Up to 19 digits is a number (over the limit: 413); more is no valid length (400).
+    for absurd, status in (("9" * 19, 413), ("18446744073709551616", 400), ("9" * 100, 400)):
         r = client.post(hserver.url, headers={**TUS, "Upload-Length": absurd})
-        assert r.status_code in (400, 413), (absurd, r.status_code)
+        assert r.status_code == status, (absurd, r.status_code)
     # creation-with-upload: a body longer than the limit is refused before it is read.
     r = client.post(hserver.url, headers={**TUS, "Upload-Defer-Length": "1",
                                           "Content-Type": OFFSET_CT},
@@ -279,7 +280,7 @@ def test_an_endless_header_line_is_cut_off(hserver: ServerProcess,
     status = send_raw(hserver, b"HEAD /files/x HTTP/1.1\r\nHost: x\r\nX-Endless: "
                       + b"e" * (300 * 1024))
     assert status == 431
-    assert client.options(hserver.url).status_code in (200, 204)  # still serving
+    assert client.options(hserver.url).status_code == 204  # still serving
 
 
 def test_a_bad_range_never_answers_500(hserver: ServerProcess, client: httpx.Client) -> None:
