@@ -339,8 +339,7 @@ def serve(settings: Settings) -> None:
                upload_dir=str(settings.upload_dir), max_size=settings.max_size,
                state="redis" if settings.redis_url else "embedded",
                expiration=settings.expiration, processors=settings.processors,
-               auth=settings.auth_enabled, hooks=settings.hooks_enabled_events
-               if settings.hooks_http else "")
+               auth=settings.auth_enabled, hooks=_hooks_described(settings))
     if settings.workers > 1:
         # Each worker process builds its own app (and Redis pool) from these settings.
         os.environ[SETTINGS_ENV] = settings.to_json()
@@ -351,6 +350,14 @@ def serve(settings: Settings) -> None:
         uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
     if settings.unix_sock is not None:
         settings.unix_sock.unlink(missing_ok=True)
+
+
+def _hooks_described(settings: Settings) -> str:
+    """'--hooks-dir: pre-create,post-finish' for the start-up line; '' without hooks."""
+    from .hooks.configure import kind_of
+
+    kind = kind_of(settings)  # several kinds were refused when the app was built
+    return f"{kind}: {settings.hooks_enabled_events}" if kind else ""
 
 
 SETTINGS_ENV = "TUSD_PY_SETTINGS_JSON"
@@ -385,7 +392,10 @@ def work(settings: Settings) -> None:
     _require_redis(settings)
     backend = build_backend(settings)
     processor = FinalizeProcessor(settings, FinalFiles(settings.final_root))
-    hooks = build_hooks(settings)
+    try:
+        hooks = build_hooks(settings)
+    except (ValueError, ImportError, OSError) as exc:
+        _fail(str(exc))
 
     async def run() -> None:
         async with anyio.create_task_group() as tg:

@@ -256,14 +256,31 @@ class TusError(Exception):
         return cls(500, "ERR_INTERNAL_SERVER_ERROR", why)
 
 
+# What tusd answers when a hook refuses without an HTTPResponse of its own.
+HOOK_REFUSALS = {
+    "pre-create": (400, "ERR_UPLOAD_REJECTED", "upload creation has been rejected by server"),
+    "pre-terminate": (400, "ERR_UPLOAD_TERMINATION_REJECTED",
+                      "upload termination has been rejected by server"),
+    "post-receive": (400, "ERR_UPLOAD_STOPPED", "upload has been stopped by server"),
+}
+
+
 class HookAnswer(TusError):
     """A response a hook chose (tusd's HTTPResponse with RejectUpload / RejectTermination /
     StopUpload): its status, body and headers are sent as they are."""
 
-    def __init__(self, status: int, body: str, headers: Mapping[str, str]) -> None:
+    def __init__(self, status: int, body: str, headers: Mapping[str, str],
+                 code: str = "ERR_REJECTED_BY_HOOK") -> None:
         first_line = body.strip().splitlines()[0] if body.strip() else "rejected by a hook"
-        super().__init__(status, "ERR_REJECTED_BY_HOOK", first_line[:200], headers)
+        super().__init__(status, code, first_line[:200], headers)
         self.raw_body = body
+
+    @classmethod
+    def refusal(cls, hook_type: str, status: int | None, body: str,
+                headers: Mapping[str, str]) -> HookAnswer:
+        """A hook's refusal: its own HTTPResponse over tusd's default answer."""
+        default_status, code, message = HOOK_REFUSALS[hook_type]
+        return cls(status or default_status, body or f"{code}: {message}\n", headers, code)
 
     @property
     def body(self) -> str:

@@ -195,7 +195,7 @@ async def test_disabled_features_refuse_before_touching_anything(tmp_path: Path)
     await append(svc, created.info.id, b"ok")
     for attempt in (lambda: svc.terminate(created.info.id, NOBODY),
                     lambda: svc.create_final([created.info.id], {}, NOBODY),
-                    lambda: svc.download(created.info, 0, 2)):
+                    lambda: svc.download(created.info)):
         with pytest.raises(TusError) as caught:
             await attempt()
         assert (caught.value.status, caught.value.code) == (501, "ERR_NOT_IMPLEMENTED")

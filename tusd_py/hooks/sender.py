@@ -135,7 +135,7 @@ class Hooks:
         return await self.send(hook_type, self.event(hook_type, info, caller), info.id or None)
 
     async def gate(self, hook_type: str, info: UploadInfo, caller: Caller, *,
-                   refused: Callable[[HookResponse], bool], default_body: str) -> HookResponse:
+                   refused: Callable[[HookResponse], bool]) -> HookResponse:
         """A blocking hook that decides whether the request goes on.
 
         It fails closed: a hook that cannot be asked answers 500 (as tusd) and nothing
@@ -148,7 +148,7 @@ class Hooks:
         if refused(answer):
             logs.event("request.refused_by_hook", info.id or None, type=hook_type,
                        status=answer.status or 400)
-            raise HookAnswer(answer.status or 400, answer.body or default_body, answer.headers)
+            raise HookAnswer.refusal(hook_type, answer.status, answer.body, answer.headers)
         return answer
 
     def tell(self, hook_type: str, info: UploadInfo, caller: Caller = NOBODY,

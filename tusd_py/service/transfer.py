@@ -79,7 +79,6 @@ class _Writer:
     lease: Lease
     stop: Callable[[], None]  # ends the receiving side (the release scope)
     checkpoints: bool  # False while a checksum still has to be verified
-    on_commit: Callable[[UploadInfo], None] | None = None  # progress (post-receive hooks)
     written: int = 0
     fenced: bool = False  # a newer lock holder exists: write and commit nothing more
     failure: StorageUnavailable | None = None
@@ -195,8 +194,6 @@ class _Writer:
                 self._io_failed(exc, "commit")
                 return
         self.last_checkpoint = time.monotonic()
-        if self.on_commit is not None:
-            self.on_commit(self.info)
         elapsed = max(time.monotonic() - self.started, 1e-6)
         logs.event("upload.checkpoint", self.info.id, offset=target,
                    mb_per_s=round((self.written - self.start) / elapsed / 1e6, 1))
@@ -258,7 +255,6 @@ async def pump_body(
     *,
     limit: int,
     checksum: tuple[str, bytes] | None = None,
-    on_commit: Callable[[UploadInfo], None] | None = None,
 ) -> AppendResult:
     """Store the body at info.offset; never more than `limit` bytes.
 
@@ -267,8 +263,7 @@ async def pump_body(
     """
     settings = ctx.settings
     hasher: Hasher | None = new_hasher(checksum[0]) if checksum else None
-    writer = _Writer(ctx, info, lease, release.cancel, checkpoints=hasher is None,
-                     on_commit=on_commit)
+    writer = _Writer(ctx, info, lease, release.cancel, checkpoints=hasher is None)
     outcome = Outcome.DONE
     received = 0
     buffers = ctx.buffers

@@ -59,11 +59,6 @@ UNLIMITED = 1 << 62
 # A body up to this size that holds the whole upload is read before the upload's record is
 # written, so the record is created once, already complete (no lock, no second write).
 SMALL_UPLOAD_BYTES = 1 << 20
-# tusd's answers when a hook refuses or stops without an HTTPResponse body of its own.
-UPLOAD_REJECTED = "ERR_UPLOAD_REJECTED: upload creation has been rejected by server\n"
-TERMINATION_REJECTED = ("ERR_UPLOAD_TERMINATION_REJECTED: upload termination has been "
-                        "rejected by server\n")
-UPLOAD_STOPPED = "ERR_UPLOAD_STOPPED: upload has been stopped by server\n"
 
 
 @dataclass
@@ -335,8 +330,7 @@ class UploadService:
             return info, None
         answer = await hooks.gate(
             "pre-create", info.evolve(id=""), caller,
-            refused=lambda answer: answer.reject_upload,
-            default_body=UPLOAD_REJECTED)
+            refused=lambda answer: answer.reject_upload)
         if answer.change_metadata is not None:
             info = info.evolve(metadata=encoded(answer.change_metadata))
         if answer.change_id is not None:
@@ -491,9 +485,9 @@ class UploadService:
                 # tusd's ERR_UPLOAD_STOPPED with the hook's HTTPResponse over it; no offset:
                 # the upload is gone.
                 answer = result.answer
-                raise HookAnswer((answer.status if answer else None) or 400,
-                                 (answer.body if answer else "") or UPLOAD_STOPPED,
-                                 answer.headers if answer else {})
+                raise HookAnswer.refusal("post-receive", answer.status if answer else None,
+                                         answer.body if answer else "",
+                                         answer.headers if answer else {})
             case Outcome.RELEASED:
                 error = TusError.interrupted()
             case Outcome.TIMED_OUT:
@@ -560,8 +554,7 @@ class UploadService:
         if (hooks := self._hook("pre-terminate")) is not None:
             await hooks.gate(
                 "pre-terminate", await self.load(upload_id), caller,
-                refused=lambda answer: answer.reject_termination,
-                default_body=TERMINATION_REJECTED)
+                refused=lambda answer: answer.reject_termination)
         await self.load(upload_id)
         async with self.hold(upload_id):
             return await self._remove(upload_id, caller, **log_fields)
