@@ -7,14 +7,16 @@ import argparse
 import functools
 import os
 import socket
-import ssl
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import SECTIONS, Option, Settings, options, parse_bool
+
+if TYPE_CHECKING:
+    import ssl  # only --tls-certificate needs it: `tusd-py thumbnail` starts without it
 
 VERSION = "0.1.0"
 _ENV_HELP = ("Each flag can also be set with its environment variable TUSD_PY_<FLAG> "
@@ -275,6 +277,8 @@ def bind(settings: Settings) -> socket.socket:
 def tls_context(mode: str, config: Any, default_factory: Callable[[], ssl.SSLContext],
                 ) -> ssl.SSLContext:
     """tusd's -tls-mode: the oldest protocol accepted (and strong ciphers for tls12-strong)."""
+    import ssl
+
     context = default_factory()
     context.minimum_version = (ssl.TLSVersion.TLSv1_3 if mode == "tls13"
                                else ssl.TLSVersion.TLSv1_2)
