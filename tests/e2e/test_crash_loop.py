@@ -177,7 +177,7 @@ class Cycle:
             return f"{what}: killed at byte {kill_at}"
         # Completed: kill a random moment later (processing runs now).
         delay = rng.uniform(0.0, 0.5)
-        time.sleep(delay)
+        time.sleep(delay)  # the behaviour under test: a kill at a random moment
         server.kill()
         return f"{what}: completed, killed {delay:.2f} s later"
 

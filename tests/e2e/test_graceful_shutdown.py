@@ -36,7 +36,8 @@ from tests.e2e.rawhttp import (
     upload_id,
     wait_state,
 )
-from tests.e2e.support import Start, on
+from tests.e2e.support import Start, on, process_marker
+from tests.tusd_py.helpers import LogWatch, wait_for
 
 SHUTDOWN_TIMEOUT = 5.0
 EXIT_BOUND = SHUTDOWN_TIMEOUT + 10.0  # liveness bound for the exit, not a performance claim
@@ -55,6 +56,7 @@ class PacedSender:
         self.sent = 0
         self.error: BaseException | None = None
         self._stop = threading.Event()
+        self._progress = threading.Condition()
         self._chunks = chunks
         self._pause = pause
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -66,17 +68,23 @@ class PacedSender:
                 if self._stop.is_set():
                     return
                 self.conn.sock.sendall(c)
-                self.sent += len(c)
-                self._stop.wait(self._pause)
+                with self._progress:
+                    self.sent += len(c)
+                    self._progress.notify_all()
+                self._stop.wait(self._pause)  # the pacing is the behaviour (a steady client)
         except OSError as exc:  # the server answered and closed: expected after SIGTERM
             self.error = exc
+        finally:
+            with self._progress:
+                self._progress.notify_all()
 
     def wait_sent(self, at_least: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.sent < at_least:
-            assert self._thread.is_alive(), f"sender stopped at {self.sent}: {self.error!r}"
-            assert time.monotonic() < deadline, f"only {self.sent} bytes sent in {timeout}s"
-            time.sleep(0.02)
+        with self._progress:
+            self._progress.wait_for(
+                lambda: self.sent >= at_least or not self._thread.is_alive(), timeout)
+        assert self.sent >= at_least, (
+            f"only {self.sent} bytes sent (sender alive: {self._thread.is_alive()}, "
+            f"error: {self.error!r})")
 
     def stop(self) -> int:
         self._stop.set()
@@ -174,7 +182,7 @@ def test_sigterm_mid_patch_saves_answers_and_exits_0(start_server: Start, client
     sender.wait_sent(12 * MiB)
     if client == "stalled":
         sender.stop()
-        time.sleep(1.0)  # the server has taken in everything; the client says nothing
+        conn.wait_delivered()  # the server has taken in everything; the client says nothing
 
     t0 = sigterm(server)
     answer = read_answer(conn)
@@ -261,7 +269,7 @@ def test_rolling_restart_client_resumes_on_other_instance(
     # B keeps serving; restarting A on the same dir sees the same finished upload.
     a.start()
     assert head_offset(on(a, url)) == data.size
-    time.sleep(1.0)  # a duplicate processing run would show up by now
+    process_marker([a, b])  # a duplicate processing run would show up by now
     done = [line for s in (a, b) for line in log_lines(s.log(), "processing.done", uid)]
     assert len(done) == 1, done
 
@@ -322,10 +330,8 @@ def test_workers_sigterm_master_all_exit_0_bytes_kept(
                           upload_dir=shared)
     assert server.proc is not None
     # The port answers once the master listens; wait until both workers serve.
-    deadline = time.monotonic() + 20
-    while server.log().count("Application startup complete.") < 2:
-        assert time.monotonic() < deadline, server.log()
-        time.sleep(0.1)
+    LogWatch(server, from_start=True).wait("Application startup complete", count=2,
+                                           timeout=20)
     spawned = children(server.proc.pid)  # the workers, and multiprocessing's tracker
     workers = [pid for pid, cmd in spawned.items() if "spawn_main" in cmd]
     print(f"master {server.proc.pid}, workers {workers}, all children {list(spawned)}")
@@ -345,10 +351,10 @@ def test_workers_sigterm_master_all_exit_0_bytes_kept(
     conn.close()
     code, took = wait_exit(server, t0)
     log = server.log()
-    deadline = time.monotonic() + 5  # the resource tracker exits when it sees EOF
-    while (still := [pid for pid in spawned if Path(f"/proc/{pid}").exists()]) and (
-            time.monotonic() < deadline):
-        time.sleep(0.05)
+    # The resource tracker exits when it sees EOF; no event tells: the shared poll.
+    wait_for(lambda: not [pid for pid in spawned if Path(f"/proc/{pid}").exists()],
+             timeout=5, interval=0.05)
+    still = [pid for pid in spawned if Path(f"/proc/{pid}").exists()]
     exits = dict(re.findall(r"test\.child_exit pid=(\d+) exitcode=(-?\d+)", log))
     print(f"answer {answer.status if answer else None}; master exited {code} in {took:.2f}s; "
           f"workers' exit codes {exits}")

@@ -29,7 +29,16 @@ from tests.e2e.rawhttp import (
     race_patches,
     resume_and_check,
     sha256_of,
+    upload_id,
 )
+from tests.tusd_py.helpers import LogWatch, event_re, log_field, wait_log
+
+
+@pytest.fixture
+def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
+    """The default server, logging at debug level: `upload.patch` marks a PATCH that holds
+    its upload."""
+    return start_server("--network-timeout", "3", "--log-level", "debug")
 
 
 @pytest.mark.parametrize("how", ["fin", "rst"])
@@ -43,9 +52,9 @@ def test_client_dies_mid_patch(server: ServerProcess, how: str) -> None:
     assert sent == 8 * MiB
     if how == "fin":
         conn.close()  # the kernel still delivers everything, then FIN
-        time.sleep(1.0)
+        wait_log(server, event_re("upload.interrupted", upload_id(url)))  # saved what it got
     else:
-        time.sleep(1.0)  # let the server drain its receive buffer: RST discards it
+        conn.wait_delivered()  # the server has drained its receive buffer: RST discards it
         conn.abort()
 
     offset = head_offset(url)
@@ -62,7 +71,7 @@ def test_half_open_patch_is_taken_over_by_head(server: ServerProcess) -> None:
     old.start_patch(0, data.size)
     sent = old.send_chunks(data.chunks(0, 6 * MiB))
     assert sent == 6 * MiB
-    time.sleep(0.5)  # well below --network-timeout 3: the old PATCH still holds the upload
+    old.wait_delivered()  # well below --network-timeout 3: the old PATCH holds the upload
 
     t0 = time.monotonic()
     offset = head_offset(url, timeout=10)
@@ -86,9 +95,10 @@ def test_newer_patch_takes_over_idle_patch(server: ServerProcess) -> None:
     a, b = Pattern(size, seed="idle-a"), Pattern(size, seed="idle-b")
     url = create_upload(server, size)
 
+    log = LogWatch(server)
     old = RawConn(url)
     old.start_patch(0, size)
-    time.sleep(0.3)
+    log.wait_event("upload.patch", upload_id(url))  # the idle PATCH holds the upload
 
     t0 = time.monotonic()
     r = patch(url, 0, b.chunks(), size, timeout=15)
@@ -151,7 +161,7 @@ def test_slow_trickle_then_silence(server: ServerProcess) -> None:
     sent = 0
     # 1 KiB every 0.5 s for 4 s: gaps well under the 3 s timeout, total time over it.
     for piece in data.chunks(0, 8 * KiB, chunk=KiB):
-        time.sleep(0.5)
+        time.sleep(0.5)  # the behaviour under test: a client that trickles
         conn.sock.sendall(piece)
         sent += len(piece)
     last_send = time.monotonic()
@@ -184,7 +194,12 @@ def test_server_kill9_mid_patch_then_resume(
     conn.start_patch(0, data.size)
     sent = conn.send_chunks(data.chunks(0, 120 * MiB))
     assert sent == 120 * MiB
-    time.sleep(0.5)  # let the server catch up with what is in flight
+    # The server has caught up with what is in flight and committed all but the last
+    # checkpoint's worth of it.
+    conn.wait_delivered(timeout=30)
+    LogWatch(server, from_start=True).wait(
+        event_re("upload.checkpoint", upload_id(url)), timeout=30,
+        where=lambda line: int(log_field(line, "offset")) >= sent - CHECKPOINT)
     server.kill()
     conn.abort()
 

@@ -17,6 +17,7 @@ from PIL import Image
 from tusclient import client as tus_client
 
 from tests.conftest import ServerProcess
+from tests.tusd_py.helpers import LogWatch
 
 TUS = {"Tus-Resumable": "1.0.0"}
 
@@ -54,14 +55,21 @@ def api(server: ServerProcess, url: str) -> dict[str, Any]:
     return doc
 
 
-def wait_for(server: ServerProcess, url: str, states: set[str],
-             timeout: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+# The event each processing state is entered with (logged once the record says so).
+_ENTERED_WITH = {"processing": r"processing\.started", "processed": r"processing\.done",
+                 "failed": r"processing\.failed(?=.*\bwill_retry=False\b)"}
+
+
+def wait_for(server: ServerProcess, url: str, states: set[str], timeout: float = 60.0,
+             count: int = 1, log: ServerProcess | Path | None = None) -> dict[str, Any]:
+    """The upload's record once it has entered one of `states` (`count` times), waiting for
+    the event that puts it there in the log of `log` (the server's by default)."""
+    uid = url.rsplit("/", 1)[1]
+    either = "|".join(_ENTERED_WITH[state] for state in sorted(states))
+    LogWatch(log or server, from_start=True).wait(
+        rf"\s(?:{either})\s.*\bupload_id={uid}\b", count=count, timeout=timeout)
     doc = api(server, url)
-    while doc["state"] not in states:
-        assert time.monotonic() < deadline, f"stuck in {doc['state']}: {doc}\n{server.log()}"
-        time.sleep(0.1)
-        doc = api(server, url)
+    assert doc["state"] in states, doc
     return doc
 
 
@@ -143,7 +151,7 @@ def test_corrupt_tiff_fails_with_reason_and_stays_downloadable(
     # Reprocessing on request runs the job again (and fails the same way).
     r = httpx.post(f"{server.origin}/api/uploads/{doc['id']}/reprocess")
     assert r.status_code == 202
-    doc = wait_for(server, url, {"processed", "failed"})
+    doc = wait_for(server, url, {"processed", "failed"}, count=2)
     assert doc["state"] == "failed" and count_events(server, "processing.failed",
                                                      doc["id"]) == 2
 
@@ -169,7 +177,8 @@ def test_zero_length_and_concatenation_are_processed_once_partials_never(
         assert count_events(server, "processing.started", doc["id"]) == 1
     assert api(server, final)["file"]["sha256"] == hashlib.sha256(
         b"first half|second half").hexdigest()
-    time.sleep(0.5)
+    # No sleep: the final's job was queued after the partials completed, so a job for
+    # a partial (were one queued) would have been taken before it.
     for url in parts:
         doc = api(server, url)
         assert doc["state"] == "completed" and doc["file"] is None
@@ -211,10 +220,13 @@ def test_head_stays_fast_while_a_big_tiff_is_processed(
 
 class _HookReceiver(http.server.BaseHTTPRequestHandler):
     received: list[dict[str, Any]] = []
+    arrived = threading.Condition()
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        _HookReceiver.received.append(json.loads(body))
+        with _HookReceiver.arrived:
+            _HookReceiver.received.append(json.loads(body))
+            _HookReceiver.arrived.notify_all()
         self.send_response(200)
         self.end_headers()
 
@@ -237,12 +249,12 @@ def test_post_finish_hook_gets_tusd_shaped_json(
     server = pipeline_server("--hooks-http", hook_url)
     url = upload(server, b"hooked", "h.txt")
     doc = wait_for(server, url, {"processed"})
-    deadline = time.monotonic() + 10
+
     def finished() -> list[dict[str, Any]]:
         return [e for e in _HookReceiver.received if e["Type"] == "post-finish"]
 
-    while not finished() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    with _HookReceiver.arrived:
+        _HookReceiver.arrived.wait_for(finished, timeout=10)
     (event,) = finished()
     # The default events are tusd's: creation and progress were announced too.
     assert {"pre-create", "post-create", "post-receive"} <= {
@@ -262,20 +274,21 @@ def test_separate_worker_processes_what_the_server_queues(
     shared = tmp_path / "shared"
     server = start_server("--redis-url", redis_url, "--no-processing", upload_dir=shared)
     url = upload(server, b"processed elsewhere", "w.txt")
-    time.sleep(1.0)
     assert api(server, url)["state"] == "completed"  # the server itself does not process
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(
         [sys.executable, "-m", "tusd_py", "worker", "--redis-url", redis_url,
          "--upload-dir", str(shared)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        doc = wait_for(server, url, {"processed", "failed"})
+        doc = wait_for(server, url, {"processed", "failed"}, log=tmp_path / "worker.log")
     finally:
         worker.terminate()
         worker.wait(10)
     assert doc["state"] == "processed", (tmp_path / "worker.log").read_text()
     assert (shared / "final" / doc["file"]["path"]).read_bytes() == b"processed elsewhere"
     assert f"processing.done upload_id={doc['id']}" in (tmp_path / "worker.log").read_text()
+    # The worker's run is the only one: the server never started one of its own.
+    assert count_events(server, "processing.started", doc["id"]) == 0
 
 
 def test_worker_refuses_the_embedded_store(tmp_path: Path) -> None:

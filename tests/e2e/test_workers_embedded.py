@@ -37,7 +37,8 @@ from tests.e2e.rawhttp import (
     upload_id,
     wait_state,
 )
-from tests.e2e.support import Start, assert_processed_once, assert_stored, events
+from tests.e2e.support import Start, assert_processed_once, assert_stored, events, wait_event
+from tests.tusd_py.helpers import LogWatch, wait_for
 
 # --------------------------------------------------------------------------- helpers
 
@@ -47,9 +48,11 @@ def worker_pids(server: ServerProcess, started: int = 2, n: int = 2,
     """The uvicorn worker processes (spawned children of the master), once n serve and
     `started` workers have started in all (a replaced worker counts too)."""
     assert server.proc is not None
-    deadline = time.monotonic() + timeout
-    while True:
-        found = []
+    proc = server.proc
+    found: list[int] = []
+
+    def ready() -> bool:
+        found[:] = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -58,13 +61,14 @@ def worker_pids(server: ServerProcess, started: int = 2, n: int = 2,
                 cmd = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == server.proc.pid and (
+            if int(stat.rsplit(")", 1)[1].split()[1]) == proc.pid and (
                     b"spawn_main" in cmd):
                 found.append(int(entry.name))
-        if len(found) == n and server.log().count("Application startup complete.") >= started:
-            return sorted(found)
-        assert time.monotonic() < deadline, f"workers {found}:\n{server.log()}"
-        time.sleep(0.1)
+        return len(found) == n and server.log().count("Application startup complete.") >= started
+
+    # Child processes appearing have no event to block on: the shared poll.
+    assert wait_for(ready, timeout=timeout), f"workers {found}:\n{server.log()}"
+    return sorted(found)
 
 
 def _socket_inodes(pid: int) -> set[str]:
@@ -97,15 +101,17 @@ def handler_of(conn: RawConn, server_port: int, pids: list[int],
                timeout: float = 5.0) -> int | None:
     """The worker process that accepted this connection."""
     client_port = conn.sock.getsockname()[1]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def accepted_by() -> int | None:
         inode = _server_side_inode(server_port, client_port)
         if inode is not None and inode != "0":
             for pid in pids:
                 if inode in _socket_inodes(pid):
                     return pid
-        time.sleep(0.01)
-    return None
+        return None
+
+    # Which process accepted a connection is only visible in /proc: the shared poll.
+    return wait_for(accepted_by, timeout=timeout, interval=0.01)  # type: ignore[no-any-return]
 
 
 def conn_on(server: ServerProcess, url: str, pid: int, pids: list[int],
@@ -174,8 +180,7 @@ def test_patches_alternating_between_workers(
     assert info["metadata"] == {"filename": "robin.bin"}
     assert info["file"]["sha256"] == data.sha256()
     assert_stored([server], url, data)
-    time.sleep(1.5)  # a duplicate delivery would show up by now
-    assert_processed_once([server], url)
+    assert_processed_once([server], url)  # waits for a later upload's processing first
 
 
 # ------------------------------------------------------------------ 2. racing writers
@@ -237,7 +242,6 @@ def test_racing_patches_on_two_workers_one_winner(
         assert sha in {a.sha256(), sha256_of([*b.chunks(0, offset), *a.chunks(offset)])}, (
             f"interleaved content (statuses {statuses}, offset {offset})")
     wait_state(server, url, {"processed"}, timeout=20)
-    time.sleep(1.0)
     assert_processed_once([server], url)
 
 
@@ -257,7 +261,7 @@ def test_head_on_other_worker_takes_over_half_open_patch(
     old.start_patch(0, data.size)
     sent = old.send_chunks(data.chunks(0, 6 * MiB))
     assert sent == 6 * MiB
-    time.sleep(0.5)  # worker A drains what is in flight; its PATCH still holds the lock
+    old.wait_delivered()  # worker A has read what is in flight; its PATCH holds the lock
 
     t0 = time.monotonic()
     h = head_on(server, url, pids[1], pids)
@@ -279,7 +283,6 @@ def test_head_on_other_worker_takes_over_half_open_patch(
     assert r2.status == 204, (r2.status, r2.body)
     assert_stored([server], url, data)
     wait_state(server, url, {"processed"}, timeout=20)
-    time.sleep(1.0)
     assert_processed_once([server], url)
 
 
@@ -297,7 +300,8 @@ def test_worker_killed_mid_patch_is_replaced_and_upload_resumes(
     conn.start_patch(0, data.size)
     sent = conn.send_chunks(data.chunks(0, 40 * MiB))  # past one 32 MiB checkpoint
     assert sent == 40 * MiB
-    time.sleep(2.5)  # and past a 2 s checkpoint: what the worker received is committed
+    conn.wait_delivered()  # the worker has read it all,
+    wait_event([server], "upload.checkpoint", upload_id(url))  # and committed 32 MiB of it
     os.kill(victim, signal.SIGKILL)  # its flock on the upload dies with it
     conn.abort()
 
@@ -318,7 +322,6 @@ def test_worker_killed_mid_patch_is_replaced_and_upload_resumes(
     assert_stored([server], url, data)
     info = wait_state(server, url, {"processed"}, timeout=20)
     assert info["file"]["sha256"] == data.sha256()
-    time.sleep(1.5)
     assert_processed_once([server], url)
 
 
@@ -351,15 +354,13 @@ def test_completion_exactly_once_with_two_workers(
         info = wait_state(server, url, {"processed"}, timeout=20)
         assert info["processing"]["attempts"] == 1, info
         assert info["file"]["sha256"] == data.sha256(), info
-    time.sleep(2.0)
     for url, _ in uploads:
         assert_processed_once([server], url)
 
     # A worker that starts again recovers pending jobs: nothing is processed twice.
     os.kill(pids[0], signal.SIGKILL)
-    worker_pids(server, started=3)
-    time.sleep(2.5)  # BUSY retry and recovery both done by now
-    for url, _ in uploads:
+    worker_pids(server, started=3)  # the new worker has recovered pending jobs at startup
+    for url, _ in uploads:  # (each waits for a marker upload processed after them)
         assert_processed_once([server], url)
 
 
@@ -377,12 +378,14 @@ def test_expiry_sweeper_elected_once(
         r = patch_on(server, url, pids[i % 2], pids, 0, data, 64 * KiB)
         assert r.status == 204, r
         urls.append(url)
-    deadline = time.monotonic() + 20
+    marker = create_upload(server, 10)  # expires after them
+    log = LogWatch(server, from_start=True)
     for url in urls:
-        while httpx.head(url, headers=TUS, timeout=10).status_code != 410:
-            assert time.monotonic() < deadline, f"{url} never expired:\n{server.log()}"
-            time.sleep(0.2)
-    time.sleep(1.5)  # the other worker would have swept by now too
+        log.wait_event("upload.expired", upload_id(url), timeout=20)
+        assert httpx.head(url, headers=TUS, timeout=10).status_code == 410
+    # A later upload expired too: sweeps after theirs have run (a second sweeper, were
+    # there one, would have expired them again by now).
+    log.wait_event("upload.expired", upload_id(marker), timeout=20)
     for url in urls:
         expired = events([server], "upload.expired", upload_id(url))
         assert len(expired) == 1, expired

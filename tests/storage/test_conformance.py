@@ -223,6 +223,7 @@ async def test_delete_and_purge(backend: Backend) -> None:
 async def test_lock_release_request_hands_over(backend: Backend) -> None:
     upload_id = new_upload_id()
     released = anyio.Event()
+    held = anyio.Event()
     order: list[str] = []
 
     async def holder() -> None:
@@ -230,13 +231,14 @@ async def test_lock_release_request_hands_over(backend: Backend) -> None:
         async with backend.locker.hold(upload_id, on_release_requested=stop.set,
                                        timeout=1) as lease:
             order.append(f"holder:{lease.epoch}")
+            held.set()
             await stop.wait()
             order.append("holder:released")
         released.set()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(holder)
-        await anyio.sleep(0.05)
+        await held.wait()
         with anyio.fail_after(2):
             async with backend.locker.hold(upload_id, on_release_requested=lambda: None,
                                            timeout=2) as lease:
