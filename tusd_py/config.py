@@ -100,6 +100,10 @@ class Settings:
     behind_proxy: bool = setting(False, Flag(
         "--behind-proxy", "trust Forwarded / X-Forwarded-Host / X-Forwarded-Proto for upload "
         "URLs", "server", aliases=("-behind-proxy",), kind="switch"))
+    relative_location: bool = setting(False, Flag(
+        "--relative-location", "answer Location as a path (/files/<id>) without scheme and "
+        "host, as @tus/server's relativeLocation (clients resolve it against their URL)",
+        "server", kind="switch"))
     workers: int = setting(1, Flag(
         "--workers", "server processes sharing the port and the upload dir (embedded storage: "
         "flock-based locks across them; with --s3-bucket more than 1 needs --redis-url)",

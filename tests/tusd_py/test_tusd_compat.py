@@ -388,3 +388,20 @@ def test_tls13_mode_refuses_tls12_clients(tmp_path: Path) -> None:
             assert client.options(f"https://localhost:{srv.port}/files/").status_code == 204
     finally:
         srv.stop()
+
+
+def test_relative_locations_resolve_for_tus_clients(
+        start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    """@tus/server's relativeLocation: Location is a path; tuspy resolves it."""
+    srv = start_server("--relative-location", "--no-processing")
+    with httpx.Client(timeout=10) as client:
+        r = client.post(srv.url, headers={**TUS, "Upload-Length": "3"})
+        assert r.status_code == 201
+        assert re.fullmatch(r"/files/[0-9a-f]{32}", r.headers["Location"])
+    data = os.urandom(100_000)
+    (tmp_path / "r.bin").write_bytes(data)
+    uploader = tus_client.TusClient(srv.url).uploader(str(tmp_path / "r.bin"),
+                                                     chunk_size=40_000)
+    uploader.upload()
+    assert uploader.url is not None
+    assert httpx.get(str(httpx.URL(srv.url).join(uploader.url)), timeout=10).content == data

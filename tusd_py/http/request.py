@@ -45,5 +45,7 @@ def body_of(request: Request) -> Body:
 
 def upload_url(request: Request, upload_id: str) -> str:
     settings = service_of(request).settings
+    if settings.relative_location:
+        return f"{settings.base_path}{upload_id}"
     origin = public_origin(request, behind_proxy=settings.behind_proxy)
     return f"{origin}{settings.base_path}{upload_id}"
