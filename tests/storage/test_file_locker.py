@@ -106,7 +106,7 @@ async def main():
                     await state.transition(job.upload_id, UploadState.PROCESSING,
                                            expect=PENDING)
                     say("processing", job.upload_id)
-                    await anyio.sleep(0.01)
+                    await anyio.sleep(0.01)  # processing takes a while: the window for a twin
                     await state.transition(job.upload_id, UploadState.PROCESSED,
                                            expect=frozenset({UploadState.PROCESSING}))
                 await queue.ack(job)

@@ -51,6 +51,7 @@ from storage.redis.client import (
 )
 
 from ..conftest import RedisServer, free_port
+from ..tusd_py.helpers import wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -115,7 +116,8 @@ async def raw(redis_url: str) -> AsyncIterator[Any]:
 
 
 async def eventually(check: Callable[[], Any], timeout: float, what: str) -> None:
-    """Poll an (async) check until it is truthy."""
+    """Poll an (async) check until it is truthy: the one poll of this module, for Redis
+    state that has no event to wait on (a key appearing, a subscriber count)."""
     with anyio.move_on_after(timeout):
         while True:
             if await check():
@@ -287,7 +289,15 @@ async def test_lost_lease_is_signalled(redis_url: str, raw: Any, tamper: str) ->
         with anyio.fail_after(10):
             async with a.locker.hold(upload_id, on_release_requested=asked.set,
                                      timeout=1) as lease:
-                await anyio.sleep(0.1)
+                # Marker: the lease has been renewed once (its TTL went up), still not lost.
+                lowest = [await raw.pttl(lock_key(upload_id))]
+
+                async def renewed() -> bool:
+                    ttl = await raw.pttl(lock_key(upload_id))
+                    lowest[0] = min(lowest[0], ttl)
+                    return bool(ttl > lowest[0] + 100)  # a renewal adds ~lease/3
+
+                await eventually(renewed, lease_seconds, "the lease renewed")
                 assert not lease.lost.is_set()
                 if tamper == "deleted":
                     await raw.delete(lock_key(upload_id))
@@ -377,7 +387,7 @@ async def test_extend_prevents_reclaim(redis_url: str, raw: Any) -> None:
             async def keep_extending() -> None:
                 while not stop.is_set():
                     await c1.queue.extend(job)
-                    await anyio.sleep(0.1)
+                    await anyio.sleep(0.1)  # the behaviour: a long job extends its claim
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(keep_extending)
@@ -605,18 +615,17 @@ def sentinel(redis_server: RedisServer, tmp_path: Path) -> Iterator[int]:
     proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 10
-        while True:
+        def up() -> bool:
             assert proc.poll() is None, (tmp_path / "sentinel.log").read_text()
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
                     s.sendall(b"SENTINEL get-master-addr-by-name mymaster\r\n")
-                    if str(target.port).encode() in s.recv(128):
-                        break
+                    return str(target.port).encode() in s.recv(128)
             except OSError:
-                pass
-            assert time.monotonic() < deadline, "sentinel did not come up"
-            time.sleep(0.05)
+                return False
+
+        # A child process's readiness has no event to block on: the shared poll.
+        assert wait_for(up, timeout=10, interval=0.05), "sentinel did not come up"
         yield port
     finally:
         proc.terminate()
