@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,21 +24,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for(predicate: Any, timeout: float = 8.0, interval: float = 0.1) -> Any:
+    """Poll predicate() until it is truthy; return its last value.
+
+    The suite's one poll, for states nothing signals: a child process listening or gone,
+    a file or key appearing, a store reconnecting. Whatever the server logs is waited for
+    with tests.tusd_py.helpers.LogWatch instead, a test-side receiver with a Condition."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = predicate()
+    return value
+
+
 def wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None,
                    timeout: float = 20.0) -> bool:
     """Wait until something accepts connections on 127.0.0.1:port (False: `proc` exited, or
-    the timeout). A child's listening socket has no event a test can block on, so this is
-    the one poll for it that the suite shares."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    the timeout)."""
+    def ready() -> bool | None:
         if proc is not None and proc.poll() is not None:
-            return False
+            return None  # gone: stop waiting
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return True
         except OSError:
-            time.sleep(0.05)
-    return False
+            return False
+
+    return bool(wait_for(lambda: ready() is not False, timeout, interval=0.05)
+                and ready())
 
 
 @dataclass
@@ -171,16 +186,16 @@ class RedisServer:
              "--dir", str(self.workdir), "--appendonly", "yes", "--appendfsync", "always",
              "--save", "", "--logfile", str(self.workdir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        def pong() -> bool:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
+                    return s.recv(16).startswith(b"+PONG")
             except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+                return False
+
+        if not wait_for(pong, timeout=10, interval=0.05):
+            raise RuntimeError("redis-server did not start")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

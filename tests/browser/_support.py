@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+
+from tests.e2e.rawhttp import wait_state
 
 if TYPE_CHECKING:
     from tests.conftest import ServerProcess
@@ -52,15 +53,8 @@ def downloaded_sha256(server: ServerProcess, url: str) -> str:
 
 
 def wait_processed(server: ServerProcess, url: str, timeout: float = 60.0) -> dict[str, Any]:
-    """Poll GET /api/uploads/<id> until processing ended (processed or failed)."""
-    deadline = time.monotonic() + timeout
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        status = httpx.get(f"{server.origin}/api/uploads/{upload_id(url)}", timeout=10).json()
-        if status["state"] in ("processed", "failed"):
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"processing did not end within {timeout:g} s: {status}")
+    """GET /api/uploads/<id> once processing ended (processed or failed)."""
+    return wait_state(server, url, {"processed", "failed"}, timeout=timeout)
 
 
 def assert_stored(server: ServerProcess, url: str, sha256: str) -> dict[str, Any]:

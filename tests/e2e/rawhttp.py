@@ -108,17 +108,24 @@ def upload_id(url: str) -> str:
 
 def wait_state(server: ServerProcess, url: str, states: set[str],
                timeout: float = 10.0) -> dict[str, Any]:
+    """The upload's record once the store says it is in one of `states`. Polled through the
+    shared poll: with several instances the event may be in any instance's log, and this
+    one reads the store every instance writes to."""
+    from tests.conftest import wait_for
+
     api = f"{server.origin}/api/uploads/{upload_id(url)}"
-    deadline = time.monotonic() + timeout
     info: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+
+    def reached() -> bool:
+        nonlocal info
         r = httpx.get(api, timeout=10)
         assert r.status_code == 200, (r.status_code, r.text)
         info = r.json()
-        if info["state"] in states:
-            return info
-        time.sleep(0.1)
-    raise AssertionError(f"upload never reached {states}: {info}")
+        return info["state"] in states
+
+    if not wait_for(reached, timeout=timeout):
+        raise AssertionError(f"upload never reached {states}: {info}")
+    return info
 
 
 # -------------------------------------------------------------------- raw HTTP/1.1

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import ServerProcess
+from tests.conftest import wait_for as wait_for  # the suite's one poll, re-exported
 
 TUS: dict[str, str] = {"Tus-Resumable": "1.0.0"}
 OFFSET_CT = "application/offset+octet-stream"
@@ -135,16 +136,6 @@ def api_state(client: httpx.Client, srv: ServerProcess, uid: str) -> Any:
     if r.status_code != 200:
         return None
     return r.json().get("state")
-
-
-def wait_for(predicate: Any, timeout: float = 8.0, interval: float = 0.1) -> Any:
-    """Poll predicate() until it is truthy; return its last value."""
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = predicate()
-    return value
 
 
 def event_re(name: str, uid: str | None = None) -> str:
