@@ -8,7 +8,6 @@ import re
 import socket
 import struct
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -176,15 +175,14 @@ class RawConn:
         peer = self.sock.getpeername()
         mine = f"{_proc_addr(local[0], local[1])} {_proc_addr(peer[0], peer[1])}"
         theirs = f"{_proc_addr(peer[0], peer[1])} {_proc_addr(local[0], local[1])}"
-        deadline = time.monotonic() + timeout
-        while True:
+        from tests.conftest import wait_for
+
+        def unread() -> int:
             queues = _tcp_queues()
-            tx = queues.get(mine, (0, 0))[0]
-            rx = queues.get(theirs, (0, 0))[1]
-            if tx == 0 and rx == 0:
-                return
-            assert time.monotonic() < deadline, f"server left {tx + rx} bytes unread"
-            time.sleep(0.01)
+            return queues.get(mine, (0, 0))[0] + queues.get(theirs, (0, 0))[1]
+
+        assert wait_for(lambda: unread() == 0, timeout=timeout, interval=0.01), \
+            f"server left {unread()} bytes unread"
 
     def send_head(self, method: str, headers: dict[str, str]) -> None:
         lines = [f"{method} {self.path} HTTP/1.1", f"Host: {self.host}"]
