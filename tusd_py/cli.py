@@ -422,15 +422,10 @@ def refuse_tusd_only(argv: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["thumbnail"]:
-        # Imports nothing of the server: the command starts as fast as the thumbnailer.
-        args = build_parser().parse_args(argv)
-        from thumbnailer.cli import main as thumbnail_main
+    if argv[:1] == ["thumbnail"]:  # normally dispatched earlier, by tusd_py/entry.py
+        from .entry import main as entry_main
 
-        forwarded = [str(args.path), "--out", str(args.out), "--format", args.format]
-        for size in args.sizes or []:
-            forwarded += ["--size", str(size)]
-        return thumbnail_main(forwarded, prog="tusd-py thumbnail")
+        return entry_main(argv)
     refuse_tusd_only(argv)
     argv, ignored = without_ignored(argv)
     args = build_parser().parse_args(argv)
