@@ -39,37 +39,32 @@ async def append(request: Request, draft: Draft) -> Response:
     service = service_of(request)
     caller = caller_of(request)
     upload_id = request.path_params["upload_id"]
-    await service.load(upload_id)  # 404/410 without waiting for the lock
-    with service.transfer_slot(caller, upload_id):
-        async with service.hold(upload_id) as hold:
-            info = await service.load(upload_id)
-            if info.is_final:
-                raise TusError.modify_final()
-            if offset != info.offset:
-                error = TusError.offset_mismatch(info.offset, offset)
-                error.headers.update(complete_header(draft, info.state.finished))
-                raise error
-            if info.state.finished:
-                # 'If the upload is already complete, the server MUST NOT modify the
-                # upload resource and MUST reject the request': content is an
-                # inconsistent length. An empty completing request is what the draft
-                # calls completing 'without content' - answered as done, since this
-                # server completes an upload as soon as its known length is reached.
-                if has_body(request):
-                    raise TusError.inconsistent_length("the upload is already complete")
-                if not complete:
-                    raise TusError.completed_upload()
-                result = AppendResult(Outcome.DONE, info)
+    async with service.appending(upload_id, caller) as (info, hold):
+        if offset != info.offset:
+            error = TusError.offset_mismatch(info.offset, offset)
+            error.headers.update(complete_header(draft, info.state.finished))
+            raise error
+        if info.state.finished:
+            # 'If the upload is already complete, the server MUST NOT modify the
+            # upload resource and MUST reject the request': content is an
+            # inconsistent length. An empty completing request is what the draft
+            # calls completing 'without content' - answered as done, since this
+            # server completes an upload as soon as its known length is reached.
+            if has_body(request):
+                raise TusError.inconsistent_length("the upload is already complete")
+            if not complete:
+                raise TusError.completed_upload()
+            result = AppendResult(Outcome.DONE, info)
+        else:
+            info = await record_length(service, info, hold, length, caller)
+            if has_body(request) and not info.state.finished:
+                result = await service.append(info, hold, body_of(request), caller)
+            elif has_body(request):
+                raise TusError.inconsistent_length("the upload is already complete")
             else:
-                info = await record_length(service, info, hold, length, caller)
-                if has_body(request) and not info.state.finished:
-                    result = await service.append(info, hold, body_of(request), caller)
-                elif has_body(request):
-                    raise TusError.inconsistent_length("the upload is already complete")
-                else:
-                    result = AppendResult(Outcome.DONE, info)
-                if result.outcome is Outcome.DONE and complete:
-                    result.info = await service.complete_empty(result.info, hold, caller)
+                result = AppendResult(Outcome.DONE, info)
+            if result.outcome is Outcome.DONE and complete:
+                result.info = await service.complete_empty(result.info, hold, caller)
     service.raise_for(result)
     info = result.info
     headers = {"Upload-Offset": str(info.offset), **complete_header(draft, info.state.finished)}

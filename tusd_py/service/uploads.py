@@ -190,6 +190,19 @@ class UploadService:
         except LockTimeout:
             raise TusError.locked() from None
 
+    @asynccontextmanager
+    async def appending(self, upload_id: str, caller: Caller
+                        ) -> AsyncIterator[tuple[UploadInfo, Hold]]:
+        """An upload held for an append: counted against the caller's transfers, locked,
+        read again under the lock; a final upload of a concatenation is refused."""
+        await self.load(upload_id)  # 404/410 without waiting for the lock
+        with self.transfer_slot(caller, upload_id):
+            async with self.hold(upload_id) as hold:
+                info = await self.load(upload_id)
+                if info.is_final:
+                    raise TusError.modify_final()
+                yield info, hold
+
     @contextlib.contextmanager
     def transfer_slot(self, caller: Caller, upload_id: str | None = None) -> Any:
         """--max-concurrent-uploads: one body transfer of this caller's."""

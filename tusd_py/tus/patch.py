@@ -45,23 +45,18 @@ async def patch(request: Request) -> Response:
     checksum = parse_checksum(request.headers.get("upload-checksum"))
     upload_id = request.path_params["upload_id"]
     caller = caller_of(request)
-    await service.load(upload_id)  # 404/410 without waiting for the lock
-    with service.transfer_slot(caller, upload_id):
-        async with service.hold(upload_id) as hold:
-            info = await service.load(upload_id)
-            if info.is_final:
-                raise TusError.modify_final()
-            if declared is not None:
-                info = await service.declare_length(info, hold, declared, caller)
-            if offset != info.offset:
-                raise TusError.offset_mismatch(info.offset, offset)
-            if info.state.finished:
-                # A re-sent last PATCH after a lost response: nothing to do.
-                if content_length(request):
-                    raise TusError.too_large("upload is already complete")
-                result = AppendResult(Outcome.DONE, info)
-            else:
-                result = await service.append(info, hold, body_of(request), caller, checksum)
+    async with service.appending(upload_id, caller) as (info, hold):
+        if declared is not None:
+            info = await service.declare_length(info, hold, declared, caller)
+        if offset != info.offset:
+            raise TusError.offset_mismatch(info.offset, offset)
+        if info.state.finished:
+            # A re-sent last PATCH after a lost response: nothing to do.
+            if content_length(request):
+                raise TusError.too_large("upload is already complete")
+            result = AppendResult(Outcome.DONE, info)
+        else:
+            result = await service.append(info, hold, body_of(request), caller, checksum)
     service.raise_for(result)
     headers = {"Tus-Resumable": TUS_VERSION, "Upload-Offset": str(result.info.offset)}
     if result.info.state is UploadState.UPLOADING and result.info.expires_at is not None:
