@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -18,15 +17,24 @@ from tests.e2e.rawhttp import (
     download_sha256,
     head_offset,
     patch,
+    upload_id,
     wait_state,
 )
 from tests.e2e.support import RssSampler
+from tests.tusd_py.helpers import event_re, log_field, wait_log
 
 if TYPE_CHECKING:
     from tests.conftest import ServerProcess
 
 GiB = 1024 * MiB
 MAX_GROWTH = 64 * MiB
+
+
+def creation_done(server: ServerProcess, url: str) -> None:
+    """Wait until the POST that created `url` has ended (its request.done line)."""
+    created = wait_log(server, event_re("upload.created", upload_id(url)))
+    rid = log_field(created, "request_id")
+    wait_log(server, rf"\srequest\.done\s.*\brequest_id={rid}\b")
 
 
 @pytest.mark.slow
@@ -39,7 +47,7 @@ def test_one_gib_patch_has_bounded_rss(server: ServerProcess) -> None:
 
     data = Pattern(GiB, seed="memory")
     url = create_upload(server, data.size)
-    time.sleep(0.3)
+    creation_done(server, url)  # the server is idle before the baseline
     baseline = min(server.rss_bytes() for _ in range(3))
 
     sha = hashlib.sha256()
@@ -94,7 +102,9 @@ def test_sixteen_parallel_patches_share_one_buffer_budget(server: ServerProcess)
     assert patch(warm_url, 0, warm.chunks(), warm.size).status == 204
     uploads = [Pattern(PARALLEL_SIZE, seed=f"parallel-{i}") for i in range(PARALLEL)]
     urls = [create_upload(server, p.size) for p in uploads]
-    time.sleep(0.3)
+    # Idle before the baseline: the warm-up processed, the last creation finished.
+    wait_log(server, event_re("processing.done", upload_id(warm_url)))
+    creation_done(server, urls[-1])
     baseline = min(server.rss_bytes() for _ in range(3))
 
     def send(i: int) -> int:

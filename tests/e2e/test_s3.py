@@ -35,7 +35,14 @@ from tests.e2e.rawhttp import (
     upload_id,
     wait_state,
 )
-from tests.e2e.support import RssSampler, Start, assert_processed_once, assert_stored, on
+from tests.e2e.support import (
+    RssSampler,
+    Start,
+    assert_processed_once,
+    assert_stored,
+    on,
+    wait_event,
+)
 from tests.s3_support import S3Server
 
 PART = 2 * MiB  # the server under test enforces a 1 MiB minimum part
@@ -75,8 +82,7 @@ def test_round_robin_chunks_across_three_instances(
     info = wait_state(servers[1], url, {"processed"}, timeout=30)
     assert info["offset"] == info["size"] == data.size
     assert_stored(servers, url, data)
-    time.sleep(1.0)
-    assert_processed_once(servers, url)
+    assert_processed_once(servers, url)  # waits for a later upload's processing first
     for s in servers:  # at most a stale tail copy is left (dropped after 10 idle minutes)
         spooled = sum(p.stat().st_size for p in (s.upload_dir / "s3-spool").rglob("*")
                       if p.is_file())
@@ -92,7 +98,7 @@ def test_reset_mid_patch_resumes_on_another_instance(
     old = RawConn(on(a, url))
     old.start_patch(0, data.size)
     assert old.send_chunks(data.chunks(0, 7 * MiB)) == 7 * MiB
-    time.sleep(0.5)
+    old.wait_delivered()  # A has read all of it
     old.abort()  # RST: A saves what arrived (its S3 parts and tail) and lets go
     t0 = time.monotonic()
     offset = head_offset(on(b, url), timeout=10)
@@ -112,7 +118,9 @@ def test_sigkill_of_the_instance_holding_a_patch(
     conn = RawConn(on(a, url), timeout=30)
     conn.start_patch(0, data.size)
     assert conn.send_chunks(data.chunks(0, 40 * MiB)) == 40 * MiB
-    time.sleep(3.0)  # past a checkpoint: parts and tail confirmed by S3, offset committed
+    conn.wait_delivered()
+    # past a checkpoint: parts and tail confirmed by S3, offset committed
+    wait_event([a], "upload.checkpoint", upload_id(url), timeout=30)
     a.kill()
     conn.abort()
     t0 = time.monotonic()
