@@ -60,13 +60,20 @@ class RedisLocker:
         """Keep this instance's heartbeat alive and renew every lease it holds."""
         client = self.conn.client
         interval = min(self.heartbeat_ms, self.lease_ms) / 3000
+        renew = self.conn.scripts["renew"]
         while True:
             try:
-                async with unavailable_on_outage():
-                    await client.set(self._heartbeat_key, "1", px=self.heartbeat_ms)
-                for upload_id, held in list(self._held.items()):
-                    renewed = await self.conn.run("renew", [lock_key(upload_id)],
-                                                  [held.owner, self.lease_ms])
+                # One round trip for the heartbeat and every lease: renewing thousands of
+                # leases one by one took longer than a lease under load (they lapsed).
+                held_now = list(self._held.items())
+                async with (unavailable_on_outage(),
+                            client.pipeline(transaction=False) as pipe):
+                    pipe.set(self._heartbeat_key, "1", px=self.heartbeat_ms)
+                    for upload_id, held in held_now:
+                        await renew(keys=[lock_key(upload_id)],
+                                    args=[held.owner, self.lease_ms], client=pipe)
+                    replies = await pipe.execute()
+                for (upload_id, held), renewed in zip(held_now, replies[1:], strict=True):
                     if not renewed and self._held.get(upload_id) is held:
                         self._lose(upload_id, held, "lease taken over")
             except (StorageUnavailable, OSError) as exc:

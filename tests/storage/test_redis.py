@@ -214,6 +214,27 @@ async def test_renewed_lease_makes_waiter_time_out(redis_url: str, raw: Any) -> 
                 assert new.epoch > lease.epoch
 
 
+async def test_many_leases_are_renewed_in_one_round_trip(redis_url: str) -> None:
+    """Hundreds of held leases over a slow link (5 ms each way) all survive: renewing them
+    one round trip each took longer than a lease, so they lapsed under load."""
+    from tests.faultproxy import Faults, ProxyThread
+
+    port = urlsplit(redis_url).port
+    assert port is not None
+    with ProxyThread(port, Faults(latency=0.005), seed=1) as proxy:
+        slow_url = redis_url.replace(f":{port}/", f":{proxy.port}/")
+        async with instance(slow_url, "inst-slow", lease_seconds=1.5,
+                            heartbeat_seconds=3.0) as a, AsyncExitStack() as held:
+            leases = []
+            with anyio.fail_after(60):
+                for _ in range(300):
+                    leases.append(await held.enter_async_context(a.locker.hold(
+                        new_upload_id(), on_release_requested=NOOP, timeout=5)))
+                # 300 sequential renewals at >= 10 ms each would take 3 s: two leases long.
+                await anyio.sleep(4.0)  # the behaviour under test: time passing
+            assert not [lease for lease in leases if lease.lost.is_set()]
+
+
 # --- 2. release request across instances -------------------------------------------------
 
 
