@@ -77,12 +77,14 @@ async def post(request: Request) -> Response:
         raise TusError.too_large(f"body of {body.length} bytes exceeds the upload's length")
     new = service.new_upload(size, metadata, partial=concat is not None)
 
-    if service.fits_in_one_write(new, body):
-        created = await service.create_complete(new, caller, body, checksum)
-        return _created(request, created, with_offset=bool(created.info.size))
-    if body is None:
+    if body is None or size == 0:
+        if service.fits_in_one_write(new, body):
+            return _created(request, await service.create_complete(new, caller, body))
         return _created(request, await service.create(new, caller))
-    with service.transfer_slot(caller):
+    with service.transfer_slot(caller):  # a creation with a body is a transfer too
+        if service.fits_in_one_write(new, body):
+            created = await service.create_complete(new, caller, body, checksum)
+            return _created(request, created, with_offset=True)
         created = await service.create(new, caller)
         async with service.hold(created.info.id) as hold:
             result = await service.append(created.info, hold, body, caller, checksum,
