@@ -140,13 +140,13 @@ def log_lines(log: str, name: str, uid: str | None = None) -> list[str]:
 
 
 def assert_drained(log: str, uid: str) -> None:
-    """The log tells the story: draining, the transfer interrupted (released), its 503."""
+    """The log tells the story: draining, the transfer interrupted (shutting_down), its 503."""
     draining = log_lines(log, "server.draining")
     assert draining, f"no server.draining in the log:\n{log[-4000:]}"
     # One line per process; with workers, the one holding the PATCH had a transfer.
     assert any(re.search(r"\btransfers=[1-9]", line) for line in draining), draining
     interrupted = log_lines(log, "upload.interrupted", uid)
-    assert any("reason=released" in line for line in interrupted), interrupted
+    assert any("reason=shutting_down" in line for line in interrupted), interrupted
     failed = log_lines(log, "request.failed", uid)
     assert any("status=503" in line and "ERR_SERVER_SHUTTING_DOWN" in line
                for line in failed), failed
