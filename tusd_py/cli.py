@@ -270,7 +270,9 @@ def bind(settings: Settings) -> socket.socket:
     except OSError as exc:
         where = settings.unix_sock or f"{settings.host}:{settings.port}"
         _fail(f"cannot listen on {where}: {exc.strerror or exc}")
-    sock.set_inheritable(True)
+    # Not inheritable: a process the server starts (a thumbnail worker, under uvloop's
+    # spawn) would otherwise keep the port listening after the server was killed. uvicorn's
+    # --workers processes receive it through multiprocessing instead.
     return sock
 
 
