@@ -154,6 +154,25 @@ def _tcp_queues() -> dict[str, tuple[int, int]]:
     return out
 
 
+def wait_delivered(sock: socket.socket, timeout: float = 10.0) -> None:
+    """Wait until the server process has read every byte sent on this connection: our
+    send queue is empty and so is the receive queue of the server's end of the socket
+    (both in /proc/net/tcp; loopback, same host). What the server does with the bytes
+    has no event of its own until the request ends, so this is polled - here only."""
+    from tests.conftest import wait_for
+
+    local, peer = sock.getsockname(), sock.getpeername()
+    mine = f"{_proc_addr(local[0], local[1])} {_proc_addr(peer[0], peer[1])}"
+    theirs = f"{_proc_addr(peer[0], peer[1])} {_proc_addr(local[0], local[1])}"
+
+    def unread() -> int:
+        queues = _tcp_queues()
+        return queues.get(mine, (0, 0))[0] + queues.get(theirs, (0, 0))[1]
+
+    assert wait_for(lambda: unread() == 0, timeout=timeout, interval=0.01), \
+        f"server left {unread()} bytes unread"
+
+
 class RawConn:
     """One hand-driven HTTP/1.1 connection."""
 
@@ -167,22 +186,7 @@ class RawConn:
         self._buf = b""
 
     def wait_delivered(self, timeout: float = 10.0) -> None:
-        """Wait until the server process has read every byte sent on this connection: our
-        send queue is empty and so is the receive queue of the server's end of the socket
-        (both in /proc/net/tcp; loopback, same host). What the server does with the bytes
-        has no event of its own until the request ends, so this is polled - here only."""
-        local = self.sock.getsockname()
-        peer = self.sock.getpeername()
-        mine = f"{_proc_addr(local[0], local[1])} {_proc_addr(peer[0], peer[1])}"
-        theirs = f"{_proc_addr(peer[0], peer[1])} {_proc_addr(local[0], local[1])}"
-        from tests.conftest import wait_for
-
-        def unread() -> int:
-            queues = _tcp_queues()
-            return queues.get(mine, (0, 0))[0] + queues.get(theirs, (0, 0))[1]
-
-        assert wait_for(lambda: unread() == 0, timeout=timeout, interval=0.01), \
-            f"server left {unread()} bytes unread"
+        wait_delivered(self.sock, timeout)
 
     def send_head(self, method: str, headers: dict[str, str]) -> None:
         lines = [f"{method} {self.path} HTTP/1.1", f"Host: {self.host}"]

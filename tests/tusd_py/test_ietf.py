@@ -205,7 +205,7 @@ def test_interrupted_creation_is_resumed_with_head_and_patch(
     assert interim.status == 104
     url = interim.headers["location"]
     sent = conn.send_chunks([data[: 1 << 20]])
-    time.sleep(0.3)  # the behaviour under test: the client pauses, then its connection is cut
+    conn.wait_delivered()  # the server has read what was sent; then the connection is cut
     conn.abort()
 
     r = head(url, v)
@@ -463,7 +463,7 @@ def test_urlsession_flow_with_lock_takeover(server: ServerProcess, v: int, ios: 
     assert interim.headers["upload-draft-interop-version"] == str(v)
     url = interim.headers["location"]
     sent = stalled.send_chunks([data[: 1 << 20]])
-    time.sleep(0.5)  # the server has the first MiB; the connection stays open (stalled)
+    stalled.wait_delivered()  # the server has the first MiB; the connection stays open
 
     started = time.monotonic()
     r = head(url, v)
