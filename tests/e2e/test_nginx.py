@@ -247,6 +247,7 @@ def test_client_cut_at_the_proxy_resumes_on_another_instance(
     watch.wait_event("upload.checkpoint", uid, timeout=30)  # the instance has bytes
     conn.abort()  # RST to nginx; nginx closes its upstream connection
     watch.wait_event("upload.interrupted", uid, timeout=30)
+    watch.wait_event("request.done", uid, timeout=30)  # logged after upload.interrupted
     [cut_on] = served_by(servers, uid, "PATCH")
 
     offset = head_offset(url)
