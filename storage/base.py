@@ -227,6 +227,12 @@ class Locker(Protocol):
         """
         ...
 
+    async def confirm(self, lease: Lease) -> bool:
+        """Is `lease` still the upload's lock holder? Asked right before a step that could
+        destroy another holder's bytes (cutting a file back): a holder that stalled can
+        have been taken over without having noticed yet."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Job:

@@ -278,6 +278,11 @@ class FileLocker:
             with anyio.move_on_after(POLL_SECONDS):
                 await freed.wait()
 
+    async def confirm(self, lease: Lease) -> bool:
+        """A flock is held until this process lets go: only our own record can be stale."""
+        holder = self._holders.get(lease.upload_id)
+        return holder is not None and holder.lease is lease and not lease.lost.is_set()
+
     @asynccontextmanager
     async def hold(
         self, upload_id: str, *, on_release_requested: Callable[[], None], timeout: float,

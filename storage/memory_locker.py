@@ -52,6 +52,10 @@ class MemoryLocker:
             return mine
         raise LockTimeout(upload_id)
 
+    async def confirm(self, lease: Lease) -> bool:
+        holder = self._holders.get(lease.upload_id)
+        return holder is not None and holder.lease is lease and not lease.lost.is_set()
+
     @asynccontextmanager
     async def hold(
         self, upload_id: str, *, on_release_requested: Callable[[], None], timeout: float,

@@ -141,6 +141,19 @@ class RedisLocker:
             with anyio.move_on_after(min(POLL_SECONDS, deadline - now)):
                 await event.wait()
 
+    async def confirm(self, lease: Lease) -> bool:
+        """Asks Redis: an instance whose heartbeat lapsed (a stalled event loop) has its
+        locks taken over without being told at once."""
+        held = self._held.get(lease.upload_id)
+        if held is None or held.lease is not lease or lease.lost.is_set():
+            return False
+        async with unavailable_on_outage():
+            current = await self.conn.client.get(lock_key(lease.upload_id))
+        if current is None or current.decode() != held.owner:
+            self._lose(lease.upload_id, held, "lease taken over")
+            return False
+        return True
+
     @asynccontextmanager
     async def hold(
         self, upload_id: str, *, on_release_requested: Callable[[], None], timeout: float,

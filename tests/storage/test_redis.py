@@ -214,6 +214,26 @@ async def test_renewed_lease_makes_waiter_time_out(redis_url: str, raw: Any) -> 
                 assert new.epoch > lease.epoch
 
 
+async def test_an_epoch_lost_in_a_failover_is_never_handed_out_again(redis_url: str,
+                                                                      raw: Any) -> None:
+    """A replica promoted before it saw the last acquisition has the previous epoch: the
+    next holder must still get a newer one, or the old holder's commits would pass."""
+    async with instance(redis_url, "inst-a") as a, instance(redis_url, "inst-b") as b:
+        upload_id = new_upload_id()
+        await a.state.create(UploadInfo(id=upload_id, size=10))
+        async with a.locker.hold(upload_id, on_release_requested=NOOP, timeout=1) as old:
+            # The failover: the lock and the last increment of the epoch are gone.
+            await raw.delete(lock_key(upload_id))
+            await raw.set(epoch_key(upload_id), str(old.epoch - 1))
+            async with b.locker.hold(upload_id, on_release_requested=NOOP,
+                                     timeout=1) as new:
+                assert new.epoch > old.epoch
+                with pytest.raises(Fenced):
+                    await a.state.commit(upload_id, epoch=old.epoch, expected=0, new=4)
+                info = await b.state.commit(upload_id, epoch=new.epoch, expected=0, new=4)
+                assert info.offset == 4
+
+
 async def test_many_leases_are_renewed_in_one_round_trip(redis_url: str) -> None:
     """Hundreds of held leases over a slow link (5 ms each way) all survive: renewing them
     one round trip each took longer than a lease, so they lapsed under load."""
@@ -246,8 +266,12 @@ async def test_release_request_crosses_instances(redis_url: str, raw: Any) -> No
         holding = anyio.Event()
         left = anyio.Event()
 
+        first: list[int] = []
+
         async def holder() -> None:
-            async with a.locker.hold(upload_id, on_release_requested=asked.set, timeout=1):
+            async with a.locker.hold(upload_id, on_release_requested=asked.set,
+                                     timeout=1) as held:
+                first.append(held.epoch)
                 holding.set()
                 await asked.wait()
             left.set()
@@ -262,7 +286,7 @@ async def test_release_request_crosses_instances(redis_url: str, raw: Any) -> No
                                              timeout=5) as lease:
                         waited = anyio.current_time() - started
                         assert asked.is_set() and left.is_set()
-                        assert lease.epoch == 2
+                        assert lease.epoch > first[0]  # the fencing token moved on
         assert waited < 1.0, f"hand-over took {waited:.2f}s"
 
 
@@ -487,7 +511,7 @@ async def test_outage_raises_storage_unavailable_and_state_survives(
         stoppable: RedisServer, redis_url: str) -> None:
     async with instance(redis_url, "inst-a", services=False) as a:
         info = await make(a.state)
-        await commit(a, info.id, 0, 3)
+        committed = await commit(a, info.id, 0, 3)
         async with a.locker.hold(info.id, on_release_requested=NOOP, timeout=2) as lease:
             await anyio.to_thread.run_sync(stoppable.stop)
             await unavailable(lambda: a.state.get(info.id), "get")
@@ -500,7 +524,7 @@ async def test_outage_raises_storage_unavailable_and_state_survives(
         with anyio.fail_after(15):
             got = await a.state.get(info.id)  # from the AOF
             assert got.offset == 3 and got.state is UploadState.UPLOADING
-            assert got.epoch == 1
+            assert got.epoch == committed.epoch
             done = await commit(a, info.id, 3, 10)
             assert done.offset == 10 and done.state is UploadState.COMPLETED
 

@@ -259,3 +259,42 @@ async def test_pre_finish_answer_comes_back_with_the_completing_append(tmp_path:
     created = await svc.create(svc.new_upload(4, {}), NOBODY)
     assert (await append(svc, created.info.id, b"ab")).answer is None
     assert (await append(svc, created.info.id, b"cd")).answer == answer
+
+
+async def test_a_stalled_holder_taken_over_never_cuts_the_new_holders_bytes(
+        tmp_path: Path, redis_url: str) -> None:
+    """Instance A holds an upload's lock, then stalls past its heartbeat; B takes the lock
+    over, stores and commits bytes. When A wakes up and goes on with its PATCH, it must
+    not cut the file back to the offset it read before the stall (it once did: zeros in
+    committed bytes under heavy load)."""
+    import redis.asyncio as aioredis
+
+    from storage.redis import redis_backend
+    from storage.redis.client import HEARTBEAT_PREFIX
+
+    config = Settings(upload_dir=tmp_path, fsync=False)
+    a = UploadService(config, redis_backend(redis_url, tmp_path, fsync=False),
+                      FinalFiles(tmp_path / "final"))
+    b = UploadService(config, redis_backend(redis_url, tmp_path, fsync=False),
+                      FinalFiles(tmp_path / "final"))
+    raw = aioredis.from_url(redis_url)
+    try:
+        created = await a.create(a.new_upload(8, {}), NOBODY)
+        uid = created.info.id
+        async with a.hold(uid) as stale:
+            before = await a.load(uid)  # A read offset 0, then stalls
+            # A's heartbeat has lapsed (its event loop stalled; here its heartbeat task
+            # does not run at all): B takes the lock over at once.
+            assert not [k async for k in raw.scan_iter(HEARTBEAT_PREFIX + "*")]
+            async with b.hold(uid) as fresh:
+                result = await b.append(await b.load(uid), fresh, body(b"abcd"), NOBODY)
+                assert result.info.offset == 4
+                with pytest.raises(TusError) as caught:
+                    await a.append(before, stale, body(b"xyzw"), NOBODY)
+                assert (caught.value.status, caught.value.code) == (423, "ERR_UPLOAD_INTERRUPTED")
+                assert stale.lease.lost.is_set()
+            assert stored(tmp_path, uid) == b"abcd"
+    finally:
+        await raw.aclose()
+        await a.backend.aclose()
+        await b.backend.aclose()

@@ -198,12 +198,21 @@ class _Writer:
         logs.event("upload.checkpoint", self.info.id, offset=target,
                    mb_per_s=round((self.written - self.start) / elapsed / 1e6, 1))
 
+    async def _still_holder(self) -> bool:
+        """Before cutting the file back: is this transfer still the upload's holder?"""
+        if self.fenced or self.failure or self.lease.lost.is_set():
+            return False
+        try:
+            return await self.ctx.backend.locker.confirm(self.lease)
+        except StorageUnavailable:
+            return False  # cannot tell: leave the bytes alone
+
     async def salvage(self, *, keep_written: bool) -> None:
         """After an I/O error: commit what was fully written if it can be made durable
         (`keep_written`: the bytes need no checksum verification), then cut the file back
         to the committed offset, so the offset HEAD reports is exactly what is on disk.
         Cutting also gives the space of a half-written batch back to the volume."""
-        if self.fenced or self.failure or self.lease.lost.is_set():
+        if not await self._still_holder():
             return  # a newer holder may own the bytes past our offset: touch nothing
         data = self.ctx.backend.data
         failed, self.io_error = self.io_error, None
@@ -335,7 +344,8 @@ async def pump_body(
                         outcome = Outcome.CHECKSUM_MISMATCH
             if writer.io_error is not None:
                 await writer.salvage(keep_written=hasher is None)
-            if hasher is not None and writer.info.offset == info.offset:
+            if (hasher is not None and writer.info.offset == info.offset
+                    and await writer._still_holder()):
                 # Unverified or mismatching bytes are dropped; the offset never moved.
                 await ctx.backend.data.truncate(info.id, info.offset)
     if writer.failure is not None:

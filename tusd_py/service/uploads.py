@@ -448,7 +448,12 @@ class UploadService:
             raise TusError.too_large(
                 f"body of {body.length} bytes exceeds the {limit} bytes remaining")
         if not fresh:
-            await self.backend.data.truncate(info.id, info.offset)  # a crash may have left a tail
+            # A crash may have left a tail past the offset: cut it, unless this request
+            # was taken over meanwhile (its lock lapsed while it stalled): then the tail
+            # is the new holder's bytes.
+            if not await self.backend.locker.confirm(hold.lease):
+                raise TusError.interrupted()
+            await self.backend.data.truncate(info.id, info.offset)
         logs.event("upload.patch", info.id, level=logging.DEBUG, offset=info.offset,
                    content_length=body.length)
         hooks = self._hook("post-receive")
