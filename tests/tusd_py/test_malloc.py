@@ -14,7 +14,7 @@ class MallInfo2(ctypes.Structure):
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 if sys.argv[1] == "tuned":
-    from tusd_py import malloc
+    from tusd_py.ops import malloc
     assert malloc.tune()
 before = libc.mallinfo2().hblks
 chunks = [bytes(256_000) for _ in range(8)]  # what uvloop hands over per socket read
