@@ -282,19 +282,21 @@ for line in sys.stdin:
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_pool_kills_an_overrunning_worker_and_replaces_it(anyio_backend: str) -> None:
-    pool = ThumbnailPool(1, memory_mb=0, timeout=0.3, jobs_per_worker=0, grace=0.2,
+    # A timeout a loaded 2-core machine meets for the quick jobs (0.3 s once was not).
+    pool = ThumbnailPool(1, memory_mb=0, timeout=3.0, jobs_per_worker=0, grace=0.5,
                          command=lambda parent: [sys.executable, "-c", HANGING_WORKER])
     before = metrics.thumbnail_workers_restarted.labels("timeout")._value.get()
     async with anyio.create_task_group() as tg:
         await tg.start(pool.run)
         assert (await pool.submit({"path": "ok"}))["ok"]
         with anyio.fail_after(10):
-            with pytest.raises(JobTimeout, match=r"ran over 0.3 s; its worker pid=\d+ was "
+            with pytest.raises(JobTimeout, match=r"ran over 3 s; its worker pid=\d+ was "
                                "killed"):
                 await pool.submit({"path": "hang"})
         assert metrics.thumbnail_workers_restarted.labels("timeout")._value.get() == before + 1
         assert (await pool.submit({"path": "ok"}))["ok"]  # a fresh worker
-        with pytest.raises(WorkerDied, match=r"exited with status 7 during the job"):
+        # 7, or 255 when asyncio's child watcher lost the race to reap it (it says so).
+        with pytest.raises(WorkerDied, match=r"exited with status (7|255) during the job"):
             await pool.submit({"path": "die"})
         assert (await pool.submit({"path": "ok"}))["ok"]
         tg.cancel_scope.cancel()
