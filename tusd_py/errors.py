@@ -114,6 +114,20 @@ class TusError(Exception):
         return cls(400, "ERR_INVALID_CONCAT", f"Upload-Concat {clip(value)} is invalid")
 
     @classmethod
+    def method_not_allowed(cls, allow: str) -> TusError:
+        return cls(405, "ERR_METHOD_NOT_ALLOWED", f"use {allow} here", {"Allow": allow})
+
+    @classmethod
+    def unauthorized(cls, why: str) -> TusError:
+        return cls(401, "ERR_UNAUTHORIZED", why, {"WWW-Authenticate": 'Bearer realm="tusd-py"'})
+
+    @classmethod
+    def auth_unavailable(cls, why: str) -> TusError:
+        # Fails closed: a broken --auth-hook lets nobody in.
+        return cls(503, "ERR_AUTH_UNAVAILABLE", f"authentication failed: {why}",
+                   {"WWW-Authenticate": 'Bearer realm="tusd-py"'})
+
+    @classmethod
     def invalid_query(cls, why: str) -> TusError:
         return cls(400, "ERR_INVALID_QUERY", why)
 

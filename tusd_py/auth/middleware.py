@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import TUS_VERSION
+from ..errors import TUS_VERSION, TusError
 from ..ops import logs
 from .identity import Authenticator, Unauthorized, reset_subject, set_subject
 
@@ -39,14 +39,13 @@ class AuthMiddleware:
         try:
             principal = await self.authenticator.authenticate(request)
         except Unauthorized as exc:
-            await self._refuse(request, 401, "ERR_UNAUTHORIZED", str(exc))(scope, receive, send)
+            await self._refuse(request, TusError.unauthorized(str(exc)))(scope, receive, send)
             return
         except Exception as exc:
             # A broken auth hook must fail closed, and say why in the log.
             logging.getLogger(logs.LOGGER_NAME).error(
                 "auth.crashed", exc_info=exc, extra={"fields": {"path": request.url.path}})
-            await self._refuse(request, 503, "ERR_AUTH_UNAVAILABLE",
-                               f"authentication failed: {type(exc).__name__}")(
+            await self._refuse(request, TusError.auth_unavailable(type(exc).__name__))(
                 scope, receive, send)
             return
         token = set_subject(principal.subject)
@@ -56,11 +55,12 @@ class AuthMiddleware:
             reset_subject(token)
 
     @staticmethod
-    def _refuse(request: Request, status: int, code: str, reason: str) -> PlainTextResponse:
+    def _refuse(request: Request, error: TusError) -> PlainTextResponse:
         logs.event("request.unauthorized", request.path_params.get("upload_id"),
-                   level=logging.INFO if status == 401 else logging.ERROR,
-                   method=request.method, path=request.url.path, status=status, reason=reason)
-        headers = {"Tus-Resumable": TUS_VERSION, "WWW-Authenticate": 'Bearer realm="tusd-py"'}
+                   level=logging.INFO if error.status == 401 else logging.ERROR,
+                   method=request.method, path=request.url.path, status=error.status,
+                   reason=error.message)
+        headers = {"Tus-Resumable": TUS_VERSION, **error.headers}
         if "content-length" in request.headers or "transfer-encoding" in request.headers:
             headers["Connection"] = "close"  # the unread body must not become a request
-        return PlainTextResponse(f"{code}: {reason}\n", status_code=status, headers=headers)
+        return PlainTextResponse(error.body, status_code=error.status, headers=headers)

@@ -52,8 +52,7 @@ def endpoint(table: dict[str, Handler], draft: dict[str, ietf.DraftHandler]) -> 
                 return await ietf.handle(request, draft)
             if request.method not in table:
                 # PUT creates uploads for the draft only.
-                return PlainTextResponse("method not allowed\n", status_code=405,
-                                         headers={"Allow": ", ".join(table)})
+                raise TusError.method_not_allowed(", ".join(table))
             return await table[request.method](request)
         except TusError:
             raise

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 
 from storage import StorageUnavailable
 
@@ -42,9 +42,7 @@ async def handle(request: Request, table: dict[str, DraftHandler]) -> Response:
         assert draft is not None
         handler = table.get(request.method)
         if handler is None:
-            allow = ", ".join(table)
-            return PlainTextResponse("method not allowed here\n", status_code=405,
-                                     headers={"Allow": allow})
+            raise TusError.method_not_allowed(", ".join(table))
         return await handler(request, draft)
     except TusError as exc:
         extra = limit_headers(service_of(request).settings, draft) if (
