@@ -62,13 +62,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from suite import proc_stat, tree  # the suite's /proc accounting (benchmarks/ is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 HOST = "127.0.0.1"
 KiB = 1024
 MiB = 1024 * KiB
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 PIECE = 8 * KiB  # one piece every GAP: a weak mobile link (16 KiB/s)
 GAP = 0.5
@@ -76,29 +76,6 @@ PROBE_EVERY = 0.1
 SETTLE = 5.0  # seconds after the ramp before the steady-state window opens
 IDLE_SECONDS = 5.0  # idle baseline before the clients start
 POOL_SIZE = 8 * MiB  # upload bodies are seeded slices of this pool
-
-
-# ---------------------------------------------------------------- /proc accounting
-
-def tree(root: int) -> list[int]:
-    pids = [root]
-    for pid in pids:
-        try:
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as f:
-                    pids.extend(int(p) for p in f.read().split())
-        except OSError:
-            pass
-    return pids
-
-
-def proc_stat(pid: int) -> tuple[int, float, float]:
-    """(rss bytes, own cpu seconds, reaped-children cpu seconds)"""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    own = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    reaped = (int(fields[13]) + int(fields[14])) / CLK_TCK
-    return int(fields[21]) * PAGE, own, reaped
 
 
 def tree_usage(root: int, pids: list[int]) -> tuple[int, float]:

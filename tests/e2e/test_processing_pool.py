@@ -22,26 +22,14 @@ from PIL import Image
 
 from tests.conftest import ServerProcess
 from tests.e2e.test_pipeline import upload, wait_for
-from tests.thumbnailer.gen import corner_row, pattern, write_png
+from tests.thumbnailer.gen import corner_row, exif, pattern, photo, write_png
 from tusd_py.config import Settings
 from tusd_py.ops import metrics
 from tusd_py.processing.pool import JobTimeout, ThumbnailPool, WorkerDied
 
 TUS = {"Tus-Resumable": "1.0.0"}
-RED, BLUE = (255, 0, 0), (0, 0, 255)
 
 
-def photo(w: int, h: int) -> Image.Image:
-    """Blue with a red block in the stored top-left corner."""
-    im = Image.new("RGB", (w, h), BLUE)
-    im.paste(RED, (0, 0, w // 4, h // 4))
-    return im
-
-
-def exif(orientation: int) -> bytes:
-    e = Image.Exif()
-    e[274] = orientation
-    return e.tobytes()
 
 
 def heic_bytes(im: Image.Image, orientation: int = 1) -> bytes:

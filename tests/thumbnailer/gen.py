@@ -269,3 +269,19 @@ def write_png(path: Path, w: int, h: int, row, interlace: bool = False,  # type:
         if exif is not None and exif_after_idat:
             f.write(_chunk(b"eXIf", exif))
         f.write(_chunk(b"IEND", b""))
+
+
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+
+
+def photo(w: int = 600, h: int = 400) -> Image.Image:
+    """Blue with a red block in the stored top-left corner (orientation checks look for it)."""
+    im = Image.new("RGB", (w, h), BLUE)
+    im.paste(RED, (0, 0, w // 4, h // 4))
+    return im
+
+
+def exif(orientation: int) -> bytes:
+    e = Image.Exif()
+    e[274] = orientation
+    return e.tobytes()

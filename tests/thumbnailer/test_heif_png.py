@@ -15,10 +15,8 @@ from PIL import Image
 from thumbnailer import make_thumbnails, sniff
 from thumbnailer._isobmff import read as read_boxes
 
-from .gen import corner_row, dup16, pattern, write_png
+from .gen import BLUE, RED, corner_row, dup16, exif, pattern, photo, write_png
 from .test_memory import LIMIT_MB, WRAPPER
-
-RED, BLUE = (255, 0, 0), (0, 0, 255)
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -35,17 +33,6 @@ def run_measured(*args: str | Path) -> tuple[int, str, str, float]:
     return res["rc"], res["stdout"], res["stderr"], res["children_maxrss_kb"] / 1024
 
 
-def photo(w: int = 600, h: int = 400) -> Image.Image:
-    """Blue with a red block in the stored top-left corner."""
-    im = Image.new("RGB", (w, h), BLUE)
-    im.paste(RED, (0, 0, w // 4, h // 4))
-    return im
-
-
-def exif(orientation: int) -> bytes:
-    e = Image.Exif()
-    e[274] = orientation
-    return e.tobytes()
 
 
 def corners(path: Path) -> dict[str, tuple[int, ...]]:
