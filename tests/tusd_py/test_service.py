@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from storage import FinalFiles, UploadState, embedded_backend
+from storage import FinalFiles, UploadInfo, UploadState, embedded_backend, new_upload_id
 from tusd_py.config import Settings
 from tusd_py.errors import HookAnswer, TusError
 from tusd_py.hooks import HookFailed, HookResponse, Hooks, parse_events
@@ -298,3 +298,25 @@ async def test_a_stalled_holder_taken_over_never_cuts_the_new_holders_bytes(
         await raw.aclose()
         await a.backend.aclose()
         await b.backend.aclose()
+
+
+async def test_one_sweep_expires_more_than_one_listing(tmp_path: Path, redis_url: str) -> None:
+    """The Redis store lists 200 expired uploads at a time; a sweep goes on listing until
+    none is left (it once stopped after the first 200: abandoned uploads piled up)."""
+    import time
+
+    from storage.redis import redis_backend
+    from tusd_py.service.expiry import sweep_once
+
+    backend = redis_backend(redis_url, tmp_path, fsync=False)
+    config = Settings(upload_dir=tmp_path, fsync=False)
+    try:
+        past = time.time() - 10
+        for _ in range(250):
+            info = UploadInfo(id=new_upload_id(), size=10, expires_at=past)
+            await backend.data.create(info.id)
+            await backend.state.create(info)
+        assert await sweep_once(backend, config) == 250
+        assert await backend.state.expired(time.time()) == []
+    finally:
+        await backend.aclose()
