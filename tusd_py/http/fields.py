@@ -19,9 +19,9 @@ _META_KEY = re.compile(r"[^\s,]+")
 _OWS = " \t"  # HTTP's optional whitespace around a field value (RFC 9110 5.6.3)
 # Upload-Metadata is stored with the upload and echoed on every HEAD. tusd has no limit of
 # its own (only Go's 1 MiB for all headers); 8 KiB holds Uppy's name, filename, filetype and
-# relativePath of 255-character non-ASCII names with room to spare, and is the header line
-# limit of common proxies (nginx's large_client_header_buffers), so no client that works
-# behind one is refused here.
+# relativePath of 255-character non-ASCII names with room to spare. A proxy must allow a
+# longer header line than that (nginx's default 8 KiB counts the name too):
+# deploy/nginx.conf sets 16 KiB, and tests/e2e/test_nginx.py sends 8 KiB both ways.
 MAX_METADATA_BYTES = 8 * 1024
 
 
