@@ -407,6 +407,33 @@ def _heif(p: Path, kind: str, sizes: list[int], max_pixels: int, limit: int,
                    thumbnails=len(heic.thumbnails()))
             data, stride, mode, size = heic.decode(use[0] if use else None)
             oriented = True
+        elif _avif_lib():
+            from . import _avif
+
+            try:
+                avf = _avif.AvifFile(p, workers)
+            except _avif.AvifError as e:
+                raise hf.HeifDecodeError(str(e)) from e
+            with closing(avf):
+                W, H = avf.width, avf.height  # stored: irot/imir are applied afterwards
+                _check_cap(p, W, H, max_pixels)
+                meta = _base_meta(kind, W, H, avf.mode, avf.depth)
+                meta["pages"] = avf.images if info.sequence else info.images
+                icc = info.icc
+                _check_decode(p, kind, W, H, avf.cost(file_bytes), limit)
+                tw, th = target_size(W, H, sizes[-1])
+                path = "full"
+                _event("thumbnail.plan", file=str(p), path=path, decoder="libavif",
+                       banded=True)
+                k = shrink_factor(W, H, tw, th)
+                try:
+                    avf.decode()
+                    rows = band_rows(W, k, 4, _avif.BAND_BYTES)
+                    out, bx = reduce_bands(avf.bands(rows), W, H, (tw, th))
+                except _avif.AvifError as e:
+                    raise hf.HeifDecodeError(str(e)) from e
+            oriented = False
+            return _heif_done(p, kind, meta, o, icc, out, bx, path, (W, H), t1, oriented)
         else:
             from PIL import UnidentifiedImageError
 
@@ -427,8 +454,11 @@ def _heif(p: Path, kind: str, sizes: list[int], max_pixels: int, limit: int,
                 meta["pages"] = int(getattr(im, "n_frames", 1)) if info.sequence \
                     else info.images
                 icc = im.info.get("icc_profile") or info.icc
+                hint = "" if _avif_lib() else \
+                    "; with libavif (Debian package libavif15) it would need about " \
+                    f"{-(-_avif_cost(W, H, info.bit_depth, file_bytes) >> 20)} MB"
                 _check_decode(p, kind, W, H, hf.decode_cost(kind, W * H, info.bit_depth,
-                                                            file_bytes), limit)
+                                                            file_bytes), limit, hint)
                 tw, th = target_size(W, H, sizes[-1])
                 path = "full"
                 _event("thumbnail.plan", file=str(p), path=path, decoder="libavif")
@@ -438,10 +468,6 @@ def _heif(p: Path, kind: str, sizes: list[int], max_pixels: int, limit: int,
             oriented = False
     except hf.HeifDecodeError as e:
         raise ImageError(f"{p}: corrupt or truncated {name} image ({e})") from e
-    meta["orientation"] = o
-    meta["icc"] = bool(icc)
-    _event("thumbnail.open", file=str(p), format=kind, width=W, height=H, mode=meta["mode"],
-           bit_depth=meta["bit_depth"], orientation=o, pages=meta["pages"])
     sw, sh = size
     k = shrink_factor(sw, sh, tw, th)
     rows = band_rows(sw, k, 4)
@@ -449,11 +475,39 @@ def _heif(p: Path, kind: str, sizes: list[int], max_pixels: int, limit: int,
         buffer_bands(data, size, stride, mode, rows)
     out, bx = reduce_bands(bands, sw, sh, (tw, th))
     del data
+    return _heif_done(p, kind, meta, o, icc, out, bx, path, size, t1, oriented)
+
+
+def _heif_done(p: Path, kind: str, meta: dict[str, Any], o: int, icc: Any, out: Image.Image,
+               bx: tuple[float, float, float, float], path: str, size: tuple[int, int],
+               t1: float, oriented: bool
+               ) -> tuple[dict[str, Any], Image.Image, tuple[float, float, float, float],
+                          bytes | None, bool, bool]:
+    W, H = meta["width"], meta["height"]
+    sw, sh = size
+    meta["orientation"] = o
+    meta["icc"] = bool(icc)
+    _event("thumbnail.open", file=str(p), format=kind, width=W, height=H, mode=meta["mode"],
+           bit_depth=meta["bit_depth"], orientation=o, pages=meta["pages"])
     _event("thumbnail.decoded", file=str(p), seconds=round(time.monotonic() - t1, 3),
            peak_rss_mb=peak_rss_mb())
     meta["path"] = path
     meta["reduction"] = round(max(W, H) / max(sw, sh) * sw / bx[2], 3)
     return meta, out, bx, icc if isinstance(icc, bytes) else None, False, oriented
+
+
+def _avif_lib() -> bool:
+    """Whether AVIF is decoded by libavif directly (banded RGB) rather than Pillow's plugin."""
+    from . import _avif
+
+    return _avif.available()
+
+
+def _avif_cost(W: int, H: int, bit_depth: int, file_bytes: int) -> int:
+    """What the libavif path would need for a 4:2:0 image without alpha (for the hint)."""
+    from . import _avif
+
+    return _avif.decode_cost(W, H, bit_depth, _avif.PIXEL_FORMAT_YUV420, False, file_bytes)
 
 
 def _check_decode(p: Path, fmt: str, W: int, H: int, need: int, limit: int,

@@ -2,7 +2,9 @@
 
 HEIC goes through pillow-heif (libheif + libde265), imported on first use so the CLI starts
 without it. libheif applies the irot/imir transforms itself, so its rows are already upright.
-AVIF goes through Pillow's own plugin (libavif, Pillow >= 11.3), which leaves the pixels as
+AVIF goes through libavif directly when it is loadable (_avif.py: YUV planes once, RGB in
+bands, about a fifth of the memory); otherwise through Pillow's own plugin (libavif,
+Pillow >= 11.3), described here, which leaves the pixels as
 stored and reports irot/imir as the EXIF orientation. Both convert 10/12-bit images to 8 bits
 themselves (scaled, not clipped).
 

@@ -81,11 +81,12 @@ def _warm() -> None:
     """Load every decoder now, not during the first job."""
     from PIL import Image
 
-    from . import _core, _spng, _turbojpeg  # noqa: F401
+    from . import _avif, _core, _spng, _turbojpeg  # noqa: F401
 
     Image.init()
     _turbojpeg.available()
     _spng.available()
+    _avif.available()
     with contextlib.suppress(ImportError):
         import pillow_heif  # noqa: F401
     with contextlib.suppress(ImportError):
