@@ -8,7 +8,7 @@ WORKDIR /app
 # Dependencies first, exactly as locked (hash-checked; scripts/lock resolves them for
 # Python 3.11, this base image's): this layer is rebuilt only when the lock changes.
 COPY requirements/runtime.txt ./requirements/runtime.txt
-RUN apt-get update && apt-get install -y --no-install-recommends libdeflate0 libturbojpeg0 libspng0 \
+RUN apt-get update && apt-get install -y --no-install-recommends libdeflate0 libturbojpeg0 libspng0 libavif15 \
  && rm -rf /var/lib/apt/lists/* \
  && pip install --no-cache-dir --require-hashes -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
