@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from suite import proc_stat, tree  # the suite's /proc accounting (benchmarks/ is on sys.path)
+from suite import proc_stat, stop_proc, tree  # shared with the suite (benchmarks/ is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -106,19 +106,6 @@ def raise_nofile(want: int) -> None:
         want = min(want, hard)
     if soft != resource.RLIM_INFINITY and soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-
-
-def stop_proc(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group we created for this process (by its id), then SIGKILL."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(15)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
 
 
 def http(port: int, method: str, path: str, headers: dict[str, str] | None = None,
