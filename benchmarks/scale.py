@@ -43,8 +43,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
-import platform
 import random
 import resource
 import shutil
@@ -62,7 +60,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from suite import proc_stat, stop_proc, tree  # shared with the suite (benchmarks/ is on sys.path)
+from suite import (  # shared with the suite (benchmarks/ is on sys.path)
+    host_facts,
+    proc_stat,
+    stop_proc,
+    tree,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -680,17 +683,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def machine(redis_version: str, commit: str) -> dict[str, str]:
-    info: dict[str, str] = {"cores (nproc)": str(os.cpu_count())}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                info["ram"] = f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
-    info["kernel"] = platform.release()
-    info["python"] = platform.python_version()
+    info = host_facts()
     info["redis-server"] = redis_version
     info["tusd-py commit"] = commit
     return info

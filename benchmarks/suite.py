@@ -1392,7 +1392,8 @@ def serve_sink(port: int) -> None:
 
 # ---------------------------------------------------------------- machine
 
-def machine(scratch: Path, dd_mib: int, tpy_root: Path) -> dict[str, str]:
+def host_facts() -> dict[str, str]:
+    """nproc, CPU model, RAM, kernel and Python: the machine line of every benchmark report."""
     info: dict[str, str] = {"nproc": str(os.cpu_count())}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1404,6 +1405,11 @@ def machine(scratch: Path, dd_mib: int, tpy_root: Path) -> dict[str, str]:
                 info["ram"] = f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
     info["kernel"] = platform.release()
     info["python"] = platform.python_version()
+    return info
+
+
+def machine(scratch: Path, dd_mib: int, tpy_root: Path) -> dict[str, str]:
+    info = host_facts()
     with contextlib.suppress(Exception):
         info["node"] = subprocess.run(["node", "--version"], capture_output=True, text=True,
                                       check=True).stdout.strip()
